@@ -1,0 +1,40 @@
+"""Backends implementing the kernel interface, and which of them work on this machine."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from ..errors import ConfigError
+from .base import Backend
+from .numpy_backend import NumpyBackend
+
+# Preference order for backend="auto": fastest first.
+FACTORIES: dict[str, Callable[[], Backend]] = {"numpy": NumpyBackend}
+
+
+def _try(name: str) -> Backend | None:
+    try:
+        return FACTORIES[name]()
+    except Exception as exc:  # a backend that fails to start is left out, never fatal
+        warnings.warn(f"onnxdtd backend {name!r} is unavailable: {exc}", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that work on this machine, fastest first."""
+    return [name for name in FACTORIES if _try(name) is not None]
+
+
+def get_backend(name: str = "auto") -> Backend:
+    """The backend called `name`, or the fastest available one for 'auto'."""
+    if name == "auto":
+        for candidate in FACTORIES:
+            backend = _try(candidate)
+            if backend is not None:
+                return backend
+    if name not in FACTORIES:
+        raise ConfigError(f"unknown backend {name!r}; available: {', '.join(available_backends())}")
+    backend = _try(name)
+    if backend is None:
+        raise ConfigError(f"backend {name!r} is not available on this machine")
+    return backend

@@ -1,0 +1,44 @@
+"""The kernel interface: everything the engine asks of a backend, and nothing about which one it is."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..graph.layer import Layer
+from ..rules.base import Rule
+
+Array = Any  # a backend's array type (numpy.ndarray for the CPU backends)
+
+
+class Backend(ABC):
+    """Relevance kernels for each family of layer kinds."""
+
+    name: str = ""
+
+    @abstractmethod
+    def asarray(self, x: np.ndarray, dtype: np.dtype) -> Array:
+        """Move a host array to the backend, in `dtype`."""
+
+    @abstractmethod
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """Move a backend array back to the host."""
+
+    @abstractmethod
+    def linear(self, layer: Layer, rule: Rule, a: Array, z: Array, relevance: Array,
+               low: Array | None, high: Array | None) -> Array:
+        """Relevance at the input of a dense, conv, avgpool or reduce layer under `rule`; `z` is the
+        layer's output from the forward pass, `low`/`high` the z^B bounds of its input."""
+
+    @abstractmethod
+    def maxpool(self, layer: Layer, a: Array, relevance: Array, mode: str) -> Array:
+        """Relevance at the input of a max-pooling layer: 'winner' routing or 'proportional' z-rule."""
+
+    @abstractmethod
+    def add(self, inputs: Sequence[Array], relevance: Array) -> list[Array]:
+        """Split the relevance of a sum of activations by the z-rule R_k = x_k R / s(Σ x)."""
+
+    @abstractmethod
+    def route(self, layer: Layer, relevance: Array, in_shapes: Sequence[tuple[int, ...]]) -> list[Array]:
+        """Send relevance back through concat/reshape/transpose/pad as the gradient would."""

@@ -1,0 +1,207 @@
+"""The `numpy` reference backend: readable, float32 or float64, every rule as modified forward, divide,
+transposed pass, multiply."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..graph.layer import Layer
+from ..rules.base import PARAMS, Rule, stabilize
+from .base import Backend
+from .geometry import Window, window
+
+
+def _pad(x: np.ndarray, win: Window, value: float = 0.0) -> np.ndarray:
+    widths = [(0, 0), (0, 0)] + [(b, e + x_) for b, e, x_ in zip(win.begin, win.end, win.extra)]
+    return np.pad(x, widths, constant_values=value)
+
+
+def _crop(x: np.ndarray, win: Window) -> np.ndarray:
+    return x[(..., *(slice(b, b + n) for b, n in zip(win.begin, win.in_size)))]
+
+
+def _sumpool(xp: np.ndarray, win: Window) -> np.ndarray:
+    """Window sums of an already padded input."""
+    out = np.zeros(xp.shape[:2] + win.out_size, xp.dtype)
+    for off in win.offsets():
+        out += xp[(..., *win.slices(off))]
+    return out
+
+
+def _unpool(s: np.ndarray, win: Window) -> np.ndarray:
+    """Transpose of _sumpool: scatter every output back over its window (padded layout)."""
+    out = np.zeros(s.shape[:2] + win.padded_size, s.dtype)
+    for off in win.offsets():
+        out[(..., *win.slices(off))] += s
+    return out
+
+
+class _Dense:
+    """y = x @ Wᵀ + b over axis -1 (or 0 for Gemm with transA)."""
+
+    def __init__(self, layer: Layer, shape: tuple[int, ...]):
+        self.axis = layer.attrs.get("axis", -1)
+
+    def forward(self, x, w, b):
+        y = np.moveaxis(x, self.axis, -1) @ w.T
+        return y if b is None else y + b
+
+    def transpose(self, s, w):
+        return np.moveaxis(s @ w, -1, self.axis)
+
+
+class _Conv:
+    """Grouped N-D convolution, one matrix product per kernel offset."""
+
+    def __init__(self, layer: Layer, shape: tuple[int, ...]):
+        self.win, self.group, self.shape = window(layer, shape[2:]), layer.attrs["group"], shape
+        self.size = math.prod(self.win.out_size)
+
+    def _grouped(self, w):
+        g = self.group
+        return w.reshape(g, w.shape[0] // g, w.shape[1], -1)
+
+    def forward(self, x, w, b):
+        n, c, g = x.shape[0], x.shape[1], self.group
+        xp = _pad(x, self.win).reshape(n, g, c // g, *self.win.padded_size)
+        wg = self._grouped(w)
+        out = np.zeros((n, g, wg.shape[1], self.size), x.dtype)
+        for k, off in enumerate(self.win.offsets()):
+            out += wg[..., k] @ xp[(..., *self.win.slices(off))].reshape(n, g, c // g, self.size)
+        out = out.reshape(n, w.shape[0], *self.win.out_size)
+        return out if b is None else out + b.reshape(-1, *(1,) * len(self.win.out_size))
+
+    def transpose(self, s, w):
+        n, c, g = self.shape[0], self.shape[1], self.group
+        wg = self._grouped(w)
+        sg = s.reshape(n, g, wg.shape[1], self.size)
+        grad = np.zeros((n, g, c // g, *self.win.padded_size), s.dtype)
+        for k, off in enumerate(self.win.offsets()):
+            grad[(..., *self.win.slices(off))] += (wg[..., k].swapaxes(-1, -2) @ sg).reshape(
+                n, g, c // g, *self.win.out_size)
+        return _crop(grad.reshape(n, c, *self.win.padded_size), self.win)
+
+
+class _AvgPool:
+    """Average pooling as a linear map with unit weight; the divisor counts pads as ONNX says."""
+
+    def __init__(self, layer: Layer, shape: tuple[int, ...]):
+        self.win = win = window(layer, shape[2:])
+        if layer.attrs.get("count_include_pad"):  # explicit pads count, the ceil_mode overhang does not
+            mask = np.ones((1, 1) + tuple(i + b + e for i, b, e in zip(win.in_size, win.begin, win.end)))
+            mask = np.pad(mask, [(0, 0), (0, 0)] + [(0, x) for x in win.extra])
+        else:
+            mask = _pad(np.ones((1, 1) + win.in_size), win)
+        self.divisor = _sumpool(mask, win)
+
+    def forward(self, x, w, b):
+        return w * _sumpool(_pad(x, self.win), self.win) / self.divisor.astype(x.dtype)
+
+    def transpose(self, s, w):
+        return w * _crop(_unpool(s / self.divisor.astype(s.dtype), self.win), self.win)
+
+
+class _Reduce:
+    """ReduceSum/ReduceMean/GlobalAveragePool over fixed axes as a linear map with unit weight."""
+
+    def __init__(self, layer: Layer, shape: tuple[int, ...]):
+        self.axes, self.shape = layer.attrs["axes"], shape
+        self.keepdims = bool(layer.attrs.get("keepdims", 1))
+        count = math.prod(shape[a] for a in self.axes)
+        self.scale = 1.0 / count if layer.attrs.get("mean") else 1.0
+
+    def forward(self, x, w, b):
+        return x.sum(axis=self.axes, keepdims=self.keepdims) * (w * self.scale)
+
+    def transpose(self, s, w):
+        kept = tuple(1 if i in self.axes else d for i, d in enumerate(self.shape))
+        return np.broadcast_to(s.reshape(kept) * (w * self.scale), self.shape).copy()
+
+
+OPS = {"dense": _Dense, "conv": _Conv, "avgpool": _AvgPool, "reduce": _Reduce}
+
+
+def _unbroadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum `x` down to `shape` over the axes that broadcasting expanded."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
+    return x.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+class NumpyBackend(Backend):
+    """The reference implementation of the kernel interface."""
+
+    name = "numpy"
+
+    def asarray(self, x, dtype):
+        return np.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def linear(self, layer: Layer, rule: Rule, a, z, relevance, low, high):
+        op = OPS[layer.kind](layer, a.shape)
+        weight = layer.params.get("weight")
+        weight = np.asarray(1.0 if weight is None else weight, a.dtype)
+        bias = layer.params.get("bias")
+        bias = None if bias is None else np.asarray(bias, a.dtype)
+        inputs = {"x": lambda: a, "pos": lambda: a.clip(min=0), "neg": lambda: a.clip(max=0),
+                  "low": lambda: np.broadcast_to(low, a.shape), "high": lambda: np.broadcast_to(high, a.shape),
+                  "one": lambda: np.ones_like(a)}
+        result = np.zeros_like(a)
+        for group in rule.groups:
+            terms = [(t, inputs[t.input](), PARAMS[t.weight](weight, rule.gamma),
+                      None if t.bias is None or bias is None else PARAMS[t.bias](bias, rule.gamma))
+                     for t in group.terms]
+            denom = sum(t.sign * op.forward(x, w, b) for t, x, w, b in terms)
+            s = relevance / stabilize(denom, rule.stabilizer)
+            if group.mask is not None:
+                s = s * ((z > 0) if group.mask == "pos" else (z < 0))
+            for t, x, w, _ in terms:
+                result += (group.coeff * t.sign) * x * op.transpose(s, w)
+        return result
+
+    def maxpool(self, layer: Layer, a, relevance, mode: str):
+        win = window(layer, a.shape[2:])
+        if mode == "proportional":
+            s = relevance / stabilize(_sumpool(_pad(a, win), win), 1e-6)
+            return a * _crop(_unpool(s, win), win)
+        padded = _pad(a, win, -np.inf)
+        best, arg = None, np.zeros(relevance.shape, np.int64)
+        for k, off in enumerate(win.offsets()):
+            v = padded[(..., *win.slices(off))]
+            if best is None:
+                best = v.copy()
+                continue
+            better = v > best  # strict: the first maximum in row-major window order wins, as in PyTorch
+            best[better], arg[better] = v[better], k
+        grad = np.zeros_like(padded)
+        for k, off in enumerate(win.offsets()):
+            grad[(..., *win.slices(off))] += np.where(arg == k, relevance, 0)
+        return _crop(grad, win)
+
+    def add(self, inputs: Sequence[np.ndarray], relevance):
+        total = sum(inputs[1:], inputs[0])
+        s = relevance / stabilize(total, 1e-6)
+        return [_unbroadcast(x * s, x.shape) for x in inputs]
+
+    def route(self, layer: Layer, relevance, in_shapes):
+        kind = layer.kind
+        if kind == "reshape":
+            return [relevance.reshape(in_shapes[0])]
+        if kind == "transpose":
+            return [relevance.transpose(np.argsort(layer.attrs["perm"]))]
+        if kind == "concat":
+            bounds = np.cumsum([s[layer.attrs["axis"]] for s in in_shapes])[:-1]
+            return np.split(relevance, bounds, axis=layer.attrs["axis"])
+        return [_unpad(relevance, layer.attrs["pads"], in_shapes[0])]
+
+
+def _unpad(r: np.ndarray, pads: Sequence[int], shape: tuple[int, ...]) -> np.ndarray:
+    """Transpose of a constant Pad (negative pads crop): take the input's window back out of `r`."""
+    rank = r.ndim
+    begin, end = pads[:rank], pads[rank:]
+    r = np.pad(r, [(max(-b, 0), max(-e, 0)) for b, e in zip(begin, end)])
+    return r[tuple(slice(max(b, 0), max(b, 0) + n) for b, n in zip(begin, shape))]

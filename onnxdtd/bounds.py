@@ -1,0 +1,80 @@
+"""z^B bounds: from the model's input space to the input space of the layer whose rule uses them.
+
+Bounds are given for the model input (pixels). Layers between the input and the first linear layer
+that act pointwise or only move values (input normalization as Sub/Div/Mul, BatchNorm, Relu, Reshape,
+Transpose, Pad) map them forward, so a normalizing model keeps its bounds in pixel space; this is
+exact, where folding the normalization into a zero-padded conv would not be.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .errors import BoundsError, ConfigError
+from .graph.layer import Layer, LayerList
+
+Bounds = tuple[np.ndarray, np.ndarray]
+
+
+def _ordered(a: np.ndarray, b: np.ndarray) -> Bounds:
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _elementwise(layer: Layer, x: np.ndarray) -> np.ndarray:
+    fn = layer.attrs["function"]
+    if fn == "Clip":
+        return np.clip(x, layer.attrs.get("min"), layer.attrs.get("max"))
+    return np.where(x >= 0, x, layer.attrs.get("alpha", 0.0) * x)
+
+
+def _pad(layer: Layer, x: np.ndarray) -> np.ndarray:
+    pads, rank = layer.attrs["pads"], x.ndim
+    widths = [(max(b, 0), max(e, 0)) for b, e in zip(pads[:rank], pads[rank:])]
+    x = np.pad(x, widths, constant_values=layer.attrs.get("value", 0.0))
+    return x[tuple(slice(-min(b, 0), x.shape[i] + min(e, 0)) for i, (b, e) in enumerate(zip(pads[:rank], pads[rank:])))]
+
+
+# kind -> (layer, low, high, shape of the layer's output for one sample) -> (low, high)
+MAPS: dict[str, Callable[[Layer, np.ndarray, np.ndarray, tuple], Bounds]] = {
+    "affine": lambda l, lo, hi, _: _ordered(lo * l.params["scale"] + l.params["shift"],
+                                            hi * l.params["scale"] + l.params["shift"]),
+    "elementwise": lambda l, lo, hi, _: (_elementwise(l, lo), _elementwise(l, hi)),
+    "reshape": lambda l, lo, hi, shape: (lo.reshape(shape), hi.reshape(shape)),
+    "transpose": lambda l, lo, hi, _: (lo.transpose(l.attrs["perm"]), hi.transpose(l.attrs["perm"])),
+    "pad": lambda l, lo, hi, _: (_pad(l, lo), _pad(l, hi)),
+}
+
+
+def check_bounds(low, high, sample_shape: tuple[int, ...]) -> Bounds:
+    """Bounds as float64 arrays of shape (1, *sample_shape); raises BoundsError naming the shapes."""
+    full = (1, *sample_shape)
+    out = []
+    for name, value in (("low", low), ("high", high)):
+        arr = np.asarray(value, dtype=np.float64)
+        try:
+            out.append(np.broadcast_to(arr, full).copy())
+        except ValueError:
+            raise BoundsError(f"{name} of shape {arr.shape} does not broadcast to one sample of shape "
+                              f"{full} (use a scalar, a per-channel array of shape (1, C, 1, ...) or the full shape)") from None
+    if np.any(out[0] > out[1]):
+        raise BoundsError("low must not exceed high anywhere")
+    return out[0], out[1]
+
+
+def layer_bounds(model: LayerList, layer: Layer, low: np.ndarray, high: np.ndarray,
+                 shapes: dict[str, tuple[int, ...]]) -> Bounds:
+    """The model-input bounds mapped to `layer`'s input; `shapes` gives each tensor's run-time shape."""
+    producers = {l.output: l for l in model}
+    chain, name = [], layer.inputs[0]
+    while name != model.input_name:
+        prod = producers.get(name)
+        if prod is None or prod.kind not in MAPS:
+            raise ConfigError(f"layer {layer.index}:{layer.name} uses z^B bounds, but its input is not a pointwise "
+                              f"image of the model input (via {prod.kind if prod else name!r}); give the rule "
+                              "its own bounds, e.g. ZBox(low=..., high=...)")
+        chain.append(prod)
+        name = prod.inputs[0]
+    for prod in reversed(chain):
+        low, high = MAPS[prod.kind](prod, low, high, (1, *shapes[prod.output][1:]))
+    return low, high

@@ -1,0 +1,76 @@
+"""The backward walk: relevance per tensor name, layers in reverse order, one backend kernel per layer."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Array, Backend
+from .graph.layer import Layer, LayerList
+from .rules.base import Rule
+
+
+@dataclass
+class Walk:
+    """Everything one backward walk reads: the model, its rules, the forward activations, bounds."""
+
+    model: LayerList
+    rules: list[Rule | None]
+    backend: Backend
+    acts: dict[str, Array]
+    maxpool: str
+    bounds: dict[int, tuple[Array, Array]]
+
+
+def _linear(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    low, high = w.bounds.get(layer.index, (None, None))
+    return [w.backend.linear(layer, w.rules[layer.index], w.acts[layer.inputs[0]], w.acts[layer.output], r,
+                             low, high)]
+
+
+def _maxpool(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    return [w.backend.maxpool(layer, w.acts[layer.inputs[0]], r, w.maxpool)]
+
+
+def _add(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    return w.backend.add([w.acts[name] for name in layer.inputs], r)
+
+
+def _route(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    return w.backend.route(layer, r, [tuple(w.acts[name].shape) for name in layer.inputs])
+
+
+def _pass(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    return [r]
+
+
+PROPAGATE: dict[str, Callable[[Walk, Layer, Array], list[Array]]] = {
+    "dense": _linear, "conv": _linear, "avgpool": _linear, "reduce": _linear,
+    "maxpool": _maxpool, "add": _add,
+    "concat": _route, "reshape": _route, "transpose": _route, "pad": _route,
+    "elementwise": _pass, "affine": _pass,
+}
+
+
+def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[Array | None, dict[str, Any]]:
+    """Propagate `initial` (relevance at the model output) to the model input.
+
+    Relevance reaching a tensor from several readers is summed; a tensor's relevance is complete when
+    the walk reaches its producer. Returns the input relevance and, with `keep`, every tensor's."""
+    model = walk.model
+    relevance: dict[str, Array] = {model.output_name: initial}
+    kept: dict[str, np.ndarray] = {}
+    for layer in reversed(model.layers):
+        r = relevance.pop(layer.output, None)
+        if r is None:
+            continue
+        if keep:
+            kept[layer.output] = walk.backend.to_numpy(r)
+        for name, part in zip(layer.inputs, PROPAGATE[layer.kind](walk, layer, r)):
+            relevance[name] = part if name not in relevance else relevance[name] + part
+    result = relevance.get(model.input_name)
+    if keep and result is not None:
+        kept[model.input_name] = walk.backend.to_numpy(result)
+    return result, kept

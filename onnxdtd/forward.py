@@ -1,0 +1,37 @@
+"""The forward pass: the original model in onnxruntime, with the tensors the backward walk needs as outputs."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+
+class Forward:
+    """An onnxruntime session of the original model that also returns the named intermediate tensors."""
+
+    def __init__(self, proto: onnx.ModelProto, input_name: str, tensors: Iterable[str],
+                 providers: Sequence | None = None):
+        self.input_name = input_name
+        model = onnx.ModelProto()
+        model.CopyFrom(proto)
+        known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+        present = {o.name for o in model.graph.output}
+        self.names = list(dict.fromkeys(t for t in tensors if t != input_name))
+        for name in self.names:
+            if name not in present:
+                vi = known.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                model.graph.output.append(vi)
+        options = ort.SessionOptions()
+        # Basic optimizations only: no fusion may change the values of the exposed intermediates.
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(model.SerializeToString(), options,
+                                            providers=list(providers or ["CPUExecutionProvider"]))
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """All exposed tensors for input `x`, the input itself included."""
+        values = self.session.run(self.names, {self.input_name: x})
+        return {self.input_name: x, **dict(zip(self.names, values))}

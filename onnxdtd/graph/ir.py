@@ -1,0 +1,90 @@
+"""A small mutable view of an ONNX graph that the canonicalization passes rewrite."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+                         onnx.TensorProto.BFLOAT16})
+
+
+@dataclass
+class Node:
+    """One ONNX node with decoded attributes."""
+
+    op_type: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        """The attribute `key`, or `default` when the node does not set it."""
+        return self.attrs.get(key, default)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _shape_of(type_proto: onnx.TypeProto) -> tuple | None:
+    tensor = type_proto.tensor_type
+    if not tensor.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                 for d in tensor.shape.dim)
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order, constants by name, and what is known of every tensor."""
+
+    nodes: list[Node]
+    constants: dict[str, np.ndarray]
+    inputs: list[str]
+    outputs: list[str]
+    shapes: dict[str, tuple | None]
+    dtypes: dict[str, int]
+    opset: int
+
+    @classmethod
+    def from_proto(cls, proto: onnx.ModelProto) -> "Graph":
+        """Read a (shape-inferred) model; initializers become constants, graph inputs stay inputs."""
+        g = proto.graph
+        constants = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        shapes: dict[str, tuple | None] = {}
+        dtypes: dict[str, int] = {}
+        for vi in [*g.input, *g.value_info, *g.output]:
+            shapes[vi.name] = _shape_of(vi.type)
+            dtypes[vi.name] = vi.type.tensor_type.elem_type
+        nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output),
+                      {a.name: _decode(helper.get_attribute_value(a)) for a in n.attribute}, n.domain)
+                 for i, n in enumerate(g.node)]
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        inputs = [vi.name for vi in g.input if vi.name not in constants]
+        return cls(nodes, constants, inputs, [vi.name for vi in g.output], shapes, dtypes, opset)
+
+    def is_float(self, name: str) -> bool:
+        """Whether a tensor holds floating-point data (unknown types count as float)."""
+        return self.dtypes.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES | {onnx.TensorProto.UNDEFINED}
+
+    def consumers(self, name: str) -> list[Node]:
+        """The nodes that read tensor `name`."""
+        return [n for n in self.nodes if name in n.inputs]
+
+    def rename(self, old: str, new: str) -> None:
+        """Make every reader of `old` (nodes and graph outputs) read `new` instead."""
+        for node in self.nodes:
+            node.inputs = [new if i == old else i for i in node.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]

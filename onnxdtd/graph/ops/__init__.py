@@ -1,0 +1,2 @@
+"""Op handlers, one module per op family; importing this package registers them all."""
+from . import activation, arith, batchnorm, conv, dense, pad, pool, reduce, shape  # noqa: F401

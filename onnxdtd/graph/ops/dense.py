@@ -1,0 +1,32 @@
+"""Gemm and MatMul with a constant weight as `dense` layers: y = x @ weight.T + bias over one axis."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import Node
+from ..layer import Layer
+from ..registry import BuildContext, register
+
+
+@register("Gemm")
+def gemm(node: Node, ctx: BuildContext) -> Layer:
+    if ctx.is_const(node.inputs[0]):
+        raise ctx.unsupported(node, "input A must be an activation and input B a constant")
+    b = ctx.const(node, 1, "weight B").astype(np.float64)
+    weight = (b if node.attr("transB", 0) else b.T) * node.attr("alpha", 1.0)
+    c = ctx.optional_const(node, 2, "bias C")
+    bias = None
+    if c is not None:
+        if c.size not in (1, weight.shape[0]) or (c.ndim == 2 and c.shape[0] != 1):
+            raise ctx.unsupported(node, f"bias C of shape {c.shape} is not a per-output vector")
+        bias = np.broadcast_to(c.reshape(-1) * node.attr("beta", 1.0), (weight.shape[0],)).copy()
+    return ctx.layer(node, "dense", [node.inputs[0]], {"weight": weight, "bias": bias},
+                     axis=0 if node.attr("transA", 0) else -1)
+
+
+@register("MatMul")
+def matmul(node: Node, ctx: BuildContext) -> Layer:
+    b = ctx.const(node, 1, "right operand B")
+    if ctx.is_const(node.inputs[0]) or b.ndim != 2:
+        raise ctx.unsupported(node, f"only activation @ constant matrix is supported, got B of shape {b.shape}")
+    return ctx.layer(node, "dense", [node.inputs[0]], {"weight": b.T.copy(), "bias": None}, axis=-1)

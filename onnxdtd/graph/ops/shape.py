@@ -1,0 +1,29 @@
+"""Ops that only move values: Concat, Transpose and the reshaping family (relevance routed like the gradient)."""
+from __future__ import annotations
+
+from ..ir import Node
+from ..layer import Layer
+from ..registry import BuildContext, register, single_activation
+
+
+@register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+def reshape(node: Node, ctx: BuildContext) -> Layer:
+    return ctx.layer(node, "reshape", [single_activation(node, ctx)])
+
+
+@register("Transpose")
+def transpose(node: Node, ctx: BuildContext) -> Layer:
+    x = single_activation(node, ctx)
+    perm = node.attr("perm") or list(reversed(range(ctx.rank(node, x))))
+    return ctx.layer(node, "transpose", [x], perm=tuple(int(p) for p in perm))
+
+
+@register("Concat")
+def concat(node: Node, ctx: BuildContext) -> Layer:
+    acts = ctx.activations(node)
+    if len(acts) != len(node.inputs):
+        raise ctx.unsupported(node, "all inputs must be activations (a constant input is not supported)")
+    axis = int(node.attr("axis")) % ctx.rank(node, acts[0])
+    if axis == 0:
+        raise ctx.unsupported(node, "it concatenates along the batch axis 0")
+    return ctx.layer(node, "concat", acts, axis=axis)

@@ -1,0 +1,149 @@
+"""Canonicalization passes: on the ONNX view (constants, no-ops, shape arithmetic) and on the layer list."""
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from ..errors import ModelLoadError, UnsupportedOperatorError
+from .ir import FLOAT_TYPES, Graph, Node
+from .layer import LINEAR_KINDS, Layer
+
+IDENTITY_OPS = frozenset({"Identity", "Dropout"})
+
+
+def fold_constants(g: Graph) -> None:
+    """Constant nodes, and nodes whose inputs are all constants, become constants."""
+    kept = []
+    for node in g.nodes:
+        if node.op_type == "Constant":
+            g.constants[node.outputs[0]] = _constant_value(node)
+        elif node.inputs and all(i in g.constants for i in node.inputs if i):
+            for name, value in zip(node.outputs, _evaluate(node, g)):
+                g.constants[name] = value
+        else:
+            kept.append(node)
+    g.nodes = kept
+
+
+def _constant_value(node: Node) -> np.ndarray:
+    for key, value in node.attrs.items():
+        if key.startswith("value"):
+            return np.asarray(value)
+    raise UnsupportedOperatorError("Constant", node.name, f"attribute(s) {sorted(node.attrs)} hold no value")
+
+
+def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
+    """Run one all-constant node with onnx's reference evaluator."""
+    proto = helper.make_node(node.op_type, node.inputs, node.outputs, domain=node.domain or None,
+                             **{k: v for k, v in node.attrs.items()})
+    inits = [numpy_helper.from_array(g.constants[i], i) for i in dict.fromkeys(node.inputs) if i]
+    outs = [helper.make_empty_tensor_value_info(o) for o in node.outputs]
+    model = helper.make_model(helper.make_graph([proto], "fold", [], outs, inits),
+                              opset_imports=[helper.make_opsetid("", g.opset)])
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
+    except Exception as exc:  # the evaluator raises many types; report them as the node's problem
+        raise UnsupportedOperatorError(node.op_type, node.name, f"cannot fold constant node: {exc}") from exc
+
+
+def drop_no_ops(g: Graph) -> None:
+    """Identity, Dropout and float-to-float Cast nodes disappear; readers read their input."""
+    kept = []
+    for node in g.nodes:
+        float_cast = node.op_type == "Cast" and node.attr("to") in FLOAT_TYPES and g.is_float(node.inputs[0])
+        if node.op_type in IDENTITY_OPS or float_cast:
+            g.rename(node.outputs[0], node.inputs[0])
+        else:
+            kept.append(node)
+    g.nodes = kept
+
+
+def drop_non_float(g: Graph) -> None:
+    """Nodes that only compute integer tensors (shapes, indices) carry no relevance and are dropped."""
+    g.nodes = [n for n in g.nodes if any(g.is_float(o) for o in n.outputs if o)]
+
+
+def prune(g: Graph, output: str) -> None:
+    """Keep only the nodes that the explained output depends on."""
+    needed, kept = {output}, []
+    for node in reversed(g.nodes):
+        if needed.intersection(node.outputs):
+            kept.append(node)
+            needed.update(node.inputs)
+    g.nodes = kept[::-1]
+
+
+def strip_final(layers: list[Layer], output: str) -> tuple[list[Layer], str, str | None]:
+    """Remove a trailing Softmax/LogSoftmax/Sigmoid so that the logit is explained."""
+    stripped = None
+    while layers and layers[-1].kind == "final" and layers[-1].output == output:
+        stripped = layers[-1].op_type
+        output = layers[-1].inputs[0]
+        layers = layers[:-1]
+    for layer in layers:
+        if layer.kind == "final":
+            raise UnsupportedOperatorError(layer.op_type, layer.name, "only supported as the model's last op "
+                                           "(it is stripped and the logit is explained)")
+    return layers, output, stripped
+
+
+def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """`value` as a vector over `axis` when it broadcasts along that axis only, else None."""
+    if value.ndim > rank:
+        return None
+    full = value.reshape((1,) * (rank - value.ndim) + value.shape)
+    axis %= rank
+    if any(d != 1 for i, d in enumerate(full.shape) if i != axis):
+        return None
+    vec = full.reshape(-1)
+    return np.broadcast_to(vec, (channels,)) if vec.size in (1, channels) else None
+
+
+def fold_affine(layers: list[Layer], output: str) -> list[Layer]:
+    """Fold per-output-channel affine layers (BatchNorm, bias Add, Mul/Div/Sub by constants) into the
+    preceding dense/conv layer when nothing else reads that layer's output."""
+    producers = {layer.output: layer for layer in layers}
+    readers: dict[str, int] = {}
+    for layer in layers:
+        for name in layer.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    kept = []
+    for layer in layers:
+        linear = producers.get(layer.inputs[0]) if layer.kind == "affine" else None
+        merged = (linear is not None and linear.kind in LINEAR_KINDS and readers[linear.output] == 1
+                  and linear.output != output and _merge(linear, layer))
+        if merged:
+            producers[linear.output] = linear
+        else:
+            kept.append(layer)
+    return kept
+
+
+def _merge(linear: Layer, affine: Layer) -> bool:
+    """Merge `affine` into `linear` in place; False when the affine is not per output channel."""
+    weight = linear.params["weight"]
+    channels = weight.shape[0]
+    axis = 1 if linear.kind == "conv" else -1
+    shape = linear.output_shapes[0]
+    rank = len(shape) if shape is not None else (weight.ndim if linear.kind == "conv" else 2)
+    scale = _per_channel(affine.params["scale"], rank, axis, channels)
+    shift = _per_channel(affine.params["shift"], rank, axis, channels)
+    if scale is None or shift is None:
+        return False
+    bias = linear.params.get("bias")
+    bias = np.zeros(channels) if bias is None else bias.astype(np.float64)
+    linear.params["weight"] = weight.astype(np.float64) * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    linear.params["bias"] = bias * scale + shift
+    linear.outputs = list(affine.outputs)
+    linear.output_shapes = list(affine.output_shapes)
+    linear.op_type = f"{linear.op_type}+{affine.op_type}"
+    return True
+
+
+def model_output(g: Graph) -> str:
+    """The first floating-point graph output: the tensor that is explained."""
+    for name in g.outputs:
+        if g.is_float(name):
+            return name
+    raise ModelLoadError(f"the model has no floating-point output (outputs: {g.outputs})")

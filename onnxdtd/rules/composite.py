@@ -1,0 +1,59 @@
+"""Composites: which rule each layer gets, by layer index, node name, first linear layer, or kind."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+from ..errors import ConfigError
+from ..graph.layer import LINEAR_KINDS, POOLING_KINDS, Layer, LayerList
+from .base import Rule
+from .epsilon import Norm
+
+# Kind aliases a composite may use besides the layer kinds themselves.
+KIND_GROUPS = {"linear": LINEAR_KINDS, "pooling": POOLING_KINDS}
+RULED_KINDS = LINEAR_KINDS | POOLING_KINDS
+
+
+class Composite:
+    """Maps layers to rules. Precedence: `indices`, then `names` (exact or glob pattern), then
+    `first` (the first dense/conv layer), then `kinds` ('dense', 'conv', 'linear', 'avgpool',
+    'reduce', 'pooling'). Pooling layers default to the z-rule (Norm)."""
+
+    def __init__(self, kinds: Mapping[str, Rule] | None = None, first: Rule | None = None,
+                 names: Mapping[str, Rule] | None = None, indices: Mapping[int, Rule] | None = None):
+        self.kinds, self.first = dict(kinds or {}), first
+        self.names, self.indices = dict(names or {}), dict(indices or {})
+        unknown = set(self.kinds) - RULED_KINDS - set(KIND_GROUPS)
+        if unknown:
+            raise ConfigError(f"unknown layer kind(s) {sorted(unknown)} in composite; "
+                              f"use {sorted(RULED_KINDS | set(KIND_GROUPS))}")
+
+    def rule_for(self, layer: Layer, first_linear: Layer | None) -> Rule | None:
+        """The rule of `layer`, or None for layers that no rule applies to (routing, activations)."""
+        if layer.kind not in RULED_KINDS:
+            return None
+        if layer.index in self.indices:
+            return self.indices[layer.index]
+        for pattern, rule in self.names.items():
+            if fnmatchcase(layer.name, pattern):
+                return rule
+        if self.first is not None and layer is first_linear:
+            return self.first
+        for key, rule in self.kinds.items():
+            if layer.kind == key or layer.kind in KIND_GROUPS.get(key, ()):
+                return rule
+        return Norm() if layer.kind in POOLING_KINDS else None
+
+    def assign(self, model: LayerList) -> list[Rule | None]:
+        """One rule per layer; raises when a dense/conv layer is left without one."""
+        rules = [self.rule_for(layer, model.first_linear) for layer in model]
+        missing = [f"{layer.index}:{layer.name} ({layer.kind})" for layer, rule in zip(model, rules)
+                   if rule is None and layer.kind in LINEAR_KINDS]
+        if missing:
+            raise ConfigError(f"the composite gives no rule to layer(s) {', '.join(missing)}")
+        return rules
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in (("indices", self.indices), ("names", self.names),
+                                            ("first", self.first), ("kinds", self.kinds)) if v]
+        return f"Composite({', '.join(parts)})"

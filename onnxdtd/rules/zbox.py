@@ -1,0 +1,16 @@
+"""The z^B rule of Deep Taylor Decomposition for a bounded input domain l ≤ x ≤ h (pixels)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import STABILIZER, Group, Rule, Term
+
+
+class ZBox(Rule):
+    """R_i = x_i c_i(W) − l_i c_i(W⁺) − h_i c_i(W⁻) with c(M) = Mᵀ(R / s(z)), z = Σ xw − Σ lw⁺ − Σ hw⁻.
+
+    Without `low`/`high` the Explainer's bounds are used, mapped into this layer's input space."""
+
+    def __init__(self, low: Any = None, high: Any = None, stabilizer: float = STABILIZER):
+        terms = (Term("x", "w"), Term("low", "pos", sign=-1.0), Term("high", "neg", sign=-1.0))
+        super().__init__((Group(terms),), stabilizer, low=low, high=high)

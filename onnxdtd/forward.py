@@ -8,6 +8,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from .errors import InputError, ModelLoadError
+
 
 class Forward:
     """An onnxruntime session of the original model that also returns the named intermediate tensors."""
@@ -28,10 +30,17 @@ class Forward:
         # Basic optimizations only: no fusion may change the values of the exposed intermediates.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(model.SerializeToString(), options,
-                                            providers=list(providers or ["CPUExecutionProvider"]))
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(), options,
+                                                providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"onnxruntime cannot run this model: {str(exc).strip().splitlines()[-1]}") from exc
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """All exposed tensors for input `x`, the input itself included."""
-        values = self.session.run(self.names, {self.input_name: x})
+        try:
+            values = self.session.run(self.names, {self.input_name: x})
+        except Exception as exc:  # e.g. a shape that the graph's own Reshape cannot take
+            raise InputError(f"onnxruntime rejected the input of shape {x.shape}: "
+                             f"{str(exc).strip().splitlines()[-1]}") from exc
         return {self.input_name: x, **dict(zip(self.names, values))}

@@ -17,13 +17,14 @@ def read_model(model: ModelSource) -> onnx.ModelProto:
     """A private, checked, shape-inferred copy of `model` with external weights loaded."""
     proto = _read(model)
     try:
+        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        pass  # the checker below, or the handlers, name what is wrong
+    try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise ModelLoadError(f"invalid ONNX model: {str(exc).splitlines()[0]}") from exc
-    try:
-        return onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except (onnx.shape_inference.InferenceError, ValueError):
-        return proto
+        raise ModelLoadError(f"invalid ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+    return proto
 
 
 def _read(model: ModelSource) -> onnx.ModelProto:

@@ -47,10 +47,16 @@ def linear_matrix(proto: onnx.ModelProto, in_shape: Sequence[int]) -> np.ndarray
     return run(proto, basis).reshape(size, -1).astype(np.float64)
 
 
-def numeric_gradient(proto: onnx.ModelProto, x: np.ndarray, target: int, h: float = 1e-2) -> np.ndarray:
-    """Central differences of output `target` w.r.t. one sample `x` (shape (1, ...)), in one batched run;
-    exact for piecewise-linear models away from kinks."""
+def numeric_gradient(proto: onnx.ModelProto, x: np.ndarray, target: int, h: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Central differences of output `target` w.r.t. one sample `x` (shape (1, ...)), in one batched run,
+    and a mask of the coordinates where both one-sided slopes agree (no kink of a piecewise-linear model
+    within ±h, so the difference is exact up to float32 rounding)."""
     size = x.size
     steps = (np.eye(size) * h).reshape(size, *x.shape[1:])
-    out = run(proto, np.concatenate([x + steps, x - steps])).reshape(2 * size, -1)[:, target].astype(np.float64)
-    return ((out[:size] - out[size:]) / (2 * h)).reshape(x.shape)
+    batch = np.concatenate([x + steps, x - steps, x])
+    out = run(proto, batch).reshape(len(batch), -1)[:, target].astype(np.float64)
+    up, down, mid = out[:size], out[size:2 * size], out[-1]
+    right, left = (up - mid) / h, (mid - down) / h
+    noise = 8 * np.finfo(np.float32).eps * np.abs(out).max() / h  # float32 rounding of a slope
+    smooth = np.abs(right - left) <= 1e-4 * np.abs(right).max() + noise
+    return ((up - down) / (2 * h)).reshape(x.shape), smooth.reshape(x.shape)

@@ -59,8 +59,8 @@ class BuildContext:
         return self.const(node, index, what)
 
     def activations(self, node: Node) -> list[str]:
-        """The inputs of `node` that are computed from the model's input (not constants, not empty)."""
-        return [i for i in node.inputs if i and i not in self.graph.constants]
+        """The float inputs of `node` computed from the model's input (not constants, not shape tensors)."""
+        return [i for i in node.inputs if i and i not in self.graph.constants and self.graph.is_float(i)]
 
     def rank(self, node: Node, name: str) -> int:
         shape = self.graph.shapes.get(name)

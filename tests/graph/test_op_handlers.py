@@ -1,0 +1,95 @@
+"""Every supported op, in small hand-built graphs: LRP-0 on a bias-free ReLU network equals
+gradient × input, which checks each handler's reading of the ONNX attributes and its relevance routing."""
+import numpy as np
+import pytest
+
+import onnxdtd
+from builders import model, node, numeric_gradient
+
+RNG = np.random.default_rng(1)
+
+
+def w(*shape):
+    return RNG.normal(size=shape) / np.sqrt(np.prod(shape[1:]) if len(shape) > 1 else 1)
+
+
+def head(src, features, classes=4, op="Gemm"):
+    """Flatten `src` and end in a bias-free dense layer to 'y'."""
+    return [node("Flatten", [src], "flat"), node(op, ["flat", "wout"], "y")], {"wout": w(features, classes)}
+
+
+def graph(body, inits, in_shape, features, opset=17, op="Gemm"):
+    tail, tail_inits = head(body[-1].output[0], features, op=op)
+    return model([*body, *tail], {**inits, **tail_inits}, in_shape, opset=opset)
+
+
+GRAPHS = {
+    "conv1d-relu-globalavg": lambda: graph(
+        [node("Conv", ["x", "w1"], "c", pads=[1, 1], dilations=[2], strides=[1]), node("Relu", ["c"], "r"),
+         node("GlobalAveragePool", ["r"], "g")], {"w1": w(4, 2, 3)}, (2, 10), 4),
+    "conv-same-leakyrelu-overlapping-maxpool": lambda: graph(
+        [node("Conv", ["x", "w1"], "c", auto_pad="SAME_UPPER", strides=[2, 2]),
+         node("LeakyRelu", ["c"], "r", alpha=0.1),
+         node("MaxPool", ["r"], "p", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+        {"w1": w(3, 2, 3, 3)}, (2, 9, 9), 3 * 3 * 3, op="MatMul"),
+    "maxpool-ceil-mode-dilated": lambda: graph(
+        [node("Conv", ["x", "w1"], "c", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"),
+         node("MaxPool", ["r"], "p", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, dilations=[1, 2])],
+        {"w1": w(2, 1, 3, 3)}, (1, 7, 8), 2 * 4 * 4),
+    "depthwise-clip-avgpool-reducemean": lambda: graph(
+        [node("Conv", ["x", "w1"], "c", group=3, pads=[1, 1, 1, 1]), node("Clip", ["c", "lo", "hi"], "r"),
+         node("AveragePool", ["r"], "p", kernel_shape=[2, 2], pads=[1, 1, 0, 0], count_include_pad=1),
+         node("ReduceMean", ["p"], "m", axes=[3], keepdims=0)],
+        {"w1": w(3, 1, 3, 3), "lo": np.float32(0.0), "hi": np.float32(1e4)}, (3, 6, 6), 3 * 6),
+    "avgpool-ceil-exclude-pad": lambda: graph(
+        [node("AveragePool", ["x"], "p", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)],
+        {}, (2, 6, 6), 2 * 4 * 4),
+    "residual-add-globalmaxpool": lambda: graph(
+        [node("Conv", ["x", "w1"], "c1", pads=[1, 1, 1, 1]), node("Relu", ["c1"], "r1"),
+         node("Conv", ["r1", "w2"], "c2", pads=[1, 1, 1, 1]), node("Add", ["r1", "c2"], "s"),
+         node("Relu", ["s"], "r2"), node("GlobalMaxPool", ["r2"], "g")],
+        {"w1": w(3, 2, 3, 3), "w2": w(3, 3, 3, 3)}, (2, 5, 5), 3),
+    "inception-concat-reducesum": lambda: graph(
+        [node("Conv", ["x", "w1"], "a"), node("Conv", ["x", "w2"], "b", pads=[1, 1, 1, 1]),
+         node("Concat", ["a", "b"], "cat", axis=-3), node("Relu", ["cat"], "r"),
+         node("ReduceSum", ["r", "axes"], "s", keepdims=1)],
+        {"w1": w(2, 2, 1, 1), "w2": w(3, 2, 3, 3), "axes": np.array([2], np.int64)}, (2, 4, 4), 5 * 4),
+    "transpose-matmul-unsqueeze-squeeze-reshape": lambda: graph(
+        [node("Transpose", ["x"], "t", perm=[0, 2, 1]), node("MatMul", ["t", "w1"], "m"), node("Relu", ["m"], "r"),
+         node("Unsqueeze", ["r", "ax"], "u"), node("Squeeze", ["u", "ax"], "sq"),
+         node("Reshape", ["sq", "shape"], "rs")],
+        {"w1": w(3, 5), "ax": np.array([1], np.int64), "shape": np.array([0, -1], np.int64)}, (3, 4), 20),
+    "pad-conv": lambda: graph(
+        [node("Pad", ["x", "pads", "val"], "p", mode="constant"), node("Conv", ["p", "w1"], "c"),
+         node("Relu", ["c"], "r")],
+        {"pads": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64), "val": np.float32(0.0), "w1": w(2, 2, 3, 3)},
+        (2, 5, 5), 2 * 6 * 6),
+    "scale-mul-div-conv": lambda: graph(
+        [node("Mul", ["x", "scale"], "m"), node("Div", ["m", "div"], "d"), node("Conv", ["d", "w1"], "c"),
+         node("Relu", ["c"], "r")],
+        {"scale": RNG.uniform(0.5, 2, size=(1, 2, 1, 1)), "div": np.float32(3.0), "w1": w(2, 2, 3, 3)},
+        (2, 5, 5), 2 * 3 * 3),
+    "gemm-transA": lambda: model(
+        [node("Transpose", ["x"], "t", perm=[1, 0]), node("Gemm", ["t", "w1"], "g", transA=1, transB=1),
+         node("Relu", ["g"], "r"), node("MatMul", ["r", "w2"], "y")],
+        {"w1": w(6, 5), "w2": w(6, 3)}, (5,)),
+}
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_lrp0_equals_gradient_times_input(name, backend):
+    proto = GRAPHS[name]()
+    shape = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    x = RNG.normal(size=shape).astype(np.float32)
+    res = onnxdtd.Explainer(proto, rules="lrp0", backend=backend, dtype=np.float64).explain(x)
+    grad, smooth = numeric_gradient(proto, x, int(res.target[0]))
+    expected = grad * x
+    assert res.relevance.shape == x.shape and smooth.mean() > 0.9
+    np.testing.assert_allclose(res.relevance[smooth], expected[smooth], atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_layer_table_lists_every_layer(name):
+    table = str(onnxdtd.load(GRAPHS[name]()))
+    assert "kind" in table and "params" in table
+    assert table.count("\n") >= 4

@@ -53,35 +53,39 @@ class _Dense:
 
 
 class _Conv:
-    """Grouped N-D convolution, one matrix product per kernel offset."""
+    """Grouped N-D convolution as one matrix product per group over im2col columns."""
 
     def __init__(self, layer: Layer, shape: tuple[int, ...]):
         self.win, self.group, self.shape = window(layer, shape[2:]), layer.attrs["group"], shape
         self.size = math.prod(self.win.out_size)
+        self.offsets = self.win.offsets()
 
     def _grouped(self, w):
-        g = self.group
-        return w.reshape(g, w.shape[0] // g, w.shape[1], -1)
+        """(Cout, Cin/g, *k) -> (g, Cout/g, Cin/g·K), matching the column layout."""
+        return w.reshape(self.group, w.shape[0] // self.group, -1)
+
+    def _columns(self, x):
+        """(g, Cin/g·K, N·P): every receptive field as a column."""
+        n, c, g = x.shape[0], x.shape[1], self.group
+        xp = _pad(x, self.win)
+        cols = np.stack([xp[(..., *self.win.slices(off))] for off in self.offsets], axis=2)
+        return cols.reshape(n, g, -1, self.size).transpose(1, 2, 0, 3).reshape(g, -1, n * self.size)
 
     def forward(self, x, w, b):
-        n, c, g = x.shape[0], x.shape[1], self.group
-        xp = _pad(x, self.win).reshape(n, g, c // g, *self.win.padded_size)
-        wg = self._grouped(w)
-        out = np.zeros((n, g, wg.shape[1], self.size), x.dtype)
-        for k, off in enumerate(self.win.offsets()):
-            out += wg[..., k] @ xp[(..., *self.win.slices(off))].reshape(n, g, c // g, self.size)
-        out = out.reshape(n, w.shape[0], *self.win.out_size)
+        n, cout = x.shape[0], w.shape[0]
+        out = self._grouped(w) @ self._columns(x)
+        out = out.reshape(cout, n, *self.win.out_size).swapaxes(0, 1)
         return out if b is None else out + b.reshape(-1, *(1,) * len(self.win.out_size))
 
     def transpose(self, s, w):
         n, c, g = self.shape[0], self.shape[1], self.group
-        wg = self._grouped(w)
-        sg = s.reshape(n, g, wg.shape[1], self.size)
-        grad = np.zeros((n, g, c // g, *self.win.padded_size), s.dtype)
-        for k, off in enumerate(self.win.offsets()):
-            grad[(..., *self.win.slices(off))] += (wg[..., k].swapaxes(-1, -2) @ sg).reshape(
-                n, g, c // g, *self.win.out_size)
-        return _crop(grad.reshape(n, c, *self.win.padded_size), self.win)
+        sg = s.reshape(n, g, -1, self.size).transpose(1, 2, 0, 3).reshape(g, -1, n * self.size)
+        cols = (self._grouped(w).swapaxes(1, 2) @ sg).reshape(g, c // g, len(self.offsets), n, self.size)
+        cols = cols.transpose(3, 0, 1, 2, 4).reshape(n, c, len(self.offsets), *self.win.out_size)
+        grad = np.zeros((n, c, *self.win.padded_size), s.dtype)
+        for k, off in enumerate(self.offsets):
+            grad[(..., *self.win.slices(off))] += cols[:, :, k]
+        return _crop(grad, self.win)
 
 
 class _AvgPool:

@@ -6,15 +6,12 @@ from PIL import Image
 
 
 def channel_sum(relevance: np.ndarray) -> np.ndarray:
-    """A 2-D map from one sample's relevance: (C, H, W) summed over C, (H, W) as is, (L,) as a 1×L strip."""
+    """A 2-D map from one sample's relevance: (C, H, W) (or (..., H, W)) summed over the leading axes,
+    (H, W) as is, (L,) as a 1×L strip."""
     r = np.asarray(relevance, dtype=np.float64)
-    if r.ndim == 3:
-        return r.sum(axis=0)
-    if r.ndim == 2:
-        return r
-    if r.ndim == 1:
-        return r[None, :]
-    raise ValueError(f"relevance must have shape (C, H, W), (H, W) or (L,), got {r.shape}")
+    if r.ndim == 0:
+        raise ValueError("relevance must have at least one axis")
+    return r[None, :] if r.ndim == 1 else r.reshape(-1, *r.shape[-2:]).sum(axis=0)
 
 
 def colorize(relevance_2d: np.ndarray, vmax: float | None = None) -> np.ndarray:

@@ -29,7 +29,8 @@ class Backend(ABC):
     def linear(self, layer: Layer, rule: Rule, a: Array, z: Array, relevance: Array,
                low: Array | None, high: Array | None) -> Array:
         """Relevance at the input of a dense, conv, avgpool or reduce layer under `rule`; `z` is the
-        layer's output from the forward pass, `low`/`high` the z^B bounds of its input."""
+        layer's output from the forward pass (the denominator of plain groups and the sign of γ's
+        masks), `low`/`high` the z^B bounds of its input."""
 
     @abstractmethod
     def maxpool(self, layer: Layer, a: Array, relevance: Array, mode: str) -> Array:

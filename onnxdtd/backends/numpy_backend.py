@@ -159,7 +159,9 @@ class NumpyBackend(Backend):
             terms = [(t, inputs[t.input](), PARAMS[t.weight](weight, rule.gamma),
                       None if t.bias is None or bias is None else PARAMS[t.bias](bias, rule.gamma))
                      for t in group.terms]
-            denom = sum(t.sign * op.forward(x, w, b) for t, x, w, b in terms)
+            # The plain group's denominator is the forward pass's own output: reused, and consistent
+            # with the activations that the relevance arriving here is proportional to.
+            denom = z if group.is_plain else sum(t.sign * op.forward(x, w, b) for t, x, w, b in terms)
             s = relevance / stabilize(denom, rule.stabilizer)
             if group.mask is not None:
                 s = s * ((z > 0) if group.mask == "pos" else (z < 0))

@@ -72,11 +72,6 @@ class LayerList:
     def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
 
-    @property
-    def first_linear(self) -> Layer | None:
-        """The first dense or conv layer in topological order (the layer that sees the input domain)."""
-        return next((layer for layer in self.layers if layer.kind in LINEAR_KINDS), None)
-
     def table(self, rules: list[str] | None = None) -> str:
         """The layer table; with `rules`, one extra column naming the rule of each layer."""
         head = ["#", "name", "kind", "op", "input shape", "output shape", "params"]

@@ -49,6 +49,9 @@ class Term:
     sign: float = 1.0
 
 
+PLAIN = Term("x", "w", "w")  # the layer's own forward pass
+
+
 @dataclass(frozen=True)
 class Group:
     """Terms that share a denominator; `mask` keeps only outputs whose original z is 'pos' or 'neg'."""
@@ -56,6 +59,11 @@ class Group:
     terms: tuple[Term, ...]
     coeff: float = 1.0
     mask: str | None = None
+
+    @property
+    def is_plain(self) -> bool:
+        """Whether the denominator is the layer's own output z, which the forward pass already holds."""
+        return self.terms == (PLAIN,)
 
 
 class Rule:

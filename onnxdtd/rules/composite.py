@@ -14,21 +14,35 @@ KIND_GROUPS = {"linear": LINEAR_KINDS, "pooling": POOLING_KINDS}
 RULED_KINDS = LINEAR_KINDS | POOLING_KINDS
 
 
+def _kinds(key: str) -> frozenset[str]:
+    """The layer kinds that a composite key names."""
+    if key in KIND_GROUPS:
+        return KIND_GROUPS[key]
+    if key in RULED_KINDS:
+        return frozenset({key})
+    raise ConfigError(f"unknown layer kind {key!r} in composite; use one of {sorted(RULED_KINDS | set(KIND_GROUPS))}")
+
+
 class Composite:
     """Maps layers to rules. Precedence: `indices`, then `names` (exact or glob pattern), then
-    `first` (the first dense/conv layer), then `kinds` ('dense', 'conv', 'linear', 'avgpool',
+    `first` (the first layer of a kind in `first_kinds`: dense or conv unless narrowed, as zennit's
+    EpsilonGammaBox narrows it to conv), then `kinds` ('dense', 'conv', 'linear', 'avgpool',
     'reduce', 'pooling'). Pooling layers default to the z-rule (Norm)."""
 
     def __init__(self, kinds: Mapping[str, Rule] | None = None, first: Rule | None = None,
-                 names: Mapping[str, Rule] | None = None, indices: Mapping[int, Rule] | None = None):
+                 names: Mapping[str, Rule] | None = None, indices: Mapping[int, Rule] | None = None,
+                 first_kinds: str = "linear"):
         self.kinds, self.first = dict(kinds or {}), first
         self.names, self.indices = dict(names or {}), dict(indices or {})
-        unknown = set(self.kinds) - RULED_KINDS - set(KIND_GROUPS)
-        if unknown:
-            raise ConfigError(f"unknown layer kind(s) {sorted(unknown)} in composite; "
-                              f"use {sorted(RULED_KINDS | set(KIND_GROUPS))}")
+        self.first_kinds = _kinds(first_kinds)
+        for key in self.kinds:
+            _kinds(key)
 
-    def rule_for(self, layer: Layer, first_linear: Layer | None) -> Rule | None:
+    def first_layer(self, model: LayerList) -> Layer | None:
+        """The layer that gets the `first` rule."""
+        return next((layer for layer in model if layer.kind in self.first_kinds), None)
+
+    def rule_for(self, layer: Layer, first: Layer | None) -> Rule | None:
         """The rule of `layer`, or None for layers that no rule applies to (routing, activations)."""
         if layer.kind not in RULED_KINDS:
             return None
@@ -37,16 +51,17 @@ class Composite:
         for pattern, rule in self.names.items():
             if fnmatchcase(layer.name, pattern):
                 return rule
-        if self.first is not None and layer is first_linear:
+        if self.first is not None and layer is first:
             return self.first
         for key, rule in self.kinds.items():
-            if layer.kind == key or layer.kind in KIND_GROUPS.get(key, ()):
+            if layer.kind in _kinds(key):
                 return rule
         return Norm() if layer.kind in POOLING_KINDS else None
 
     def assign(self, model: LayerList) -> list[Rule | None]:
         """One rule per layer; raises when a dense/conv layer is left without one."""
-        rules = [self.rule_for(layer, model.first_linear) for layer in model]
+        first = self.first_layer(model)
+        rules = [self.rule_for(layer, first) for layer in model]
         missing = [f"{layer.index}:{layer.name} ({layer.kind})" for layer, rule in zip(model, rules)
                    if rule is None and layer.kind in LINEAR_KINDS]
         if missing:

@@ -1,15 +1,14 @@
 """LRP-ε and LRP-0, and the z-rule used for pooling and sums."""
 from __future__ import annotations
 
-from .base import STABILIZER, Group, Rule, Term
+from .base import PLAIN, STABILIZER, Group, Rule
 
 
 class Epsilon(Rule):
     """R_i = a_i Σ_j w_ij R_j / s_ε(z_j), bias included; the stabilizer is max(ε, 1e-6)."""
 
     def __init__(self, epsilon: float = STABILIZER):
-        terms = (Term("x", "w", "w"),)
-        super().__init__((Group(terms),), max(float(epsilon), STABILIZER), epsilon=epsilon)
+        super().__init__((Group((PLAIN,)),), max(float(epsilon), STABILIZER), epsilon=epsilon)
 
 
 class LRP0(Epsilon):

@@ -22,7 +22,8 @@ PRESETS: dict[str, Callable[[], Composite]] = {
     # zennit's composites, whose ZPlus includes the positive bias.
     "epsilon-plus": lambda: Composite(kinds={"dense": Epsilon(), "conv": ZPlus(bias=True)}),
     "epsilon-plus-flat": lambda: Composite(kinds={"dense": Epsilon(), "conv": ZPlus(bias=True)}, first=Flat()),
-    "epsilon-gamma-box": lambda: Composite(kinds={"dense": Epsilon(), "conv": Gamma(0.25)}, first=ZBox()),
+    "epsilon-gamma-box": lambda: Composite(kinds={"dense": Epsilon(), "conv": Gamma(0.25)}, first=ZBox(),
+                                           first_kinds="conv"),
     "epsilon-alpha2-beta1": lambda: Composite(kinds={"dense": Epsilon(), "conv": AlphaBeta(2.0, 1.0)}),
 }
 

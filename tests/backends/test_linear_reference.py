@@ -88,8 +88,8 @@ def check(nodes, inits, in_shape, rule, backend_name):
     nobias = model(nodes, {k: (v if k != "b" else 0 * v) for k, v in inits.items()}, in_shape)
     m = linear_matrix(nobias, in_shape)
     a = RNG.normal(size=(2, *in_shape)).astype(np.float32).astype(np.float64)
-    z = run(proto, a).astype(np.float64)
     bias = run(proto, np.zeros((1, *in_shape))).reshape(-1).astype(np.float64)  # exact: 0·w + b
+    z = (a.reshape(2, -1) @ m + bias).reshape(run(proto, a).shape)  # the layer output, in float64
     r = RNG.normal(size=z.shape)
     low = a - RNG.uniform(0.1, 1, size=a.shape)
     high = a + RNG.uniform(0.1, 1, size=a.shape)
@@ -138,7 +138,8 @@ def test_reduce_both_opset_styles(op, opset, axes_as_input, keepdims, backend):
     assert layer.kind == "reduce" and layer.attrs["axes"] == (2, 3)
     a = RNG.normal(size=(2, 2, 3, 4))
     m = linear_matrix(proto, (2, 3, 4))
-    r = RNG.normal(size=run(proto, a).shape)
-    got = get_backend(backend).linear(layer, Norm(), a, None, r, None, None)
+    z = (a.reshape(2, -1) @ m).reshape(run(proto, a).shape)
+    r = RNG.normal(size=z.shape)
+    got = get_backend(backend).linear(layer, Norm(), a, z, r, None, None)
     np.testing.assert_allclose(got.reshape(2, -1), reference(Norm(), a.reshape(2, -1), m, 0, r.reshape(2, -1),
                                                               None, None), rtol=1e-6, atol=1e-9)

@@ -1,0 +1,312 @@
+"""The `onnxdtd` command line: inspect a model's layers and rules, explain inputs into heatmaps."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from PIL import Image
+
+from . import __version__
+from .errors import OnnxdtdError
+from .explainer import Explainer, Explanation
+from .graph import find_unsupported, load, supported_ops
+from .heatmap import channel_sum, heatmap, overlay
+from .rules import PRESETS, resolve
+
+EXAMPLES = """examples:
+  onnxdtd inspect models/mnist_cnn.onnx
+  onnxdtd inspect model.onnx --rules epsilon-plus
+  onnxdtd explain models/mnist_cnn.onnx models/samples/digit_3.png -o out
+  onnxdtd explain models/mnist_cnn.onnx models/samples/digit_*.npy --target 3
+  onnxdtd explain resnet.onnx cat.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+"""
+EXPLAIN_HELP = """Explain each INPUT; write into OUTDIR <stem>_relevance.npy, <stem>_heatmap.png,
+<stem>_overlay.png (image-like inputs) and one summary.json.
+
+INPUT is a .npy array (one sample, or a batch along a leading axis), given to the
+model as is, or an image file (png, jpg, ...): converted to grayscale or RGB by
+the model's channel count, resized to the model's input size (bilinear), scaled
+to [0, 1], then normalized by --mean/--std."""
+HEATMAP_SIDE = 224  # default PNG size: upscale small inputs to about this many pixels on the long side
+
+
+class UsageError(Exception):
+    """A user mistake, reported in one line with exit code 2."""
+
+
+@dataclass
+class Item:
+    """One input file, read and explained."""
+
+    path: Path
+    stem: str
+    x: np.ndarray  # the model input (N, ...)
+    file_shape: tuple[int, ...]  # the shape relevance is saved in: the .npy's own, or (1, ...) for images
+    pixels: np.ndarray | None  # images: the [0, 1] pixels (H, W, C) before normalization
+    result: Explanation | None = None
+
+
+# ---------------------------------------------------------------- arguments
+
+def _floats(text: str) -> np.ndarray:
+    """argparse type: a number or a comma-separated list of numbers."""
+    try:
+        values = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `onnxdtd` and its subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="onnxdtd", formatter_class=fmt, epilog=EXAMPLES,
+                                     description="Explain ONNX models with Deep Taylor Decomposition and LRP.")
+    parser.add_argument("--version", action="version", version=f"onnxdtd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    presets = f"rule preset, one of: {', '.join(PRESETS)} (default: dtd)"
+
+    ins = sub.add_parser("inspect", formatter_class=fmt, epilog=EXAMPLES,
+                         help="print the layer table with the rule each layer gets",
+                         description="Print the model's layer table with the rule each layer gets under a preset; "
+                                     "list every unsupported operator (exit code 1) if there are any.")
+    ins.add_argument("model", metavar="MODEL", help="an .onnx file")
+    ins.add_argument("--rules", default="dtd", choices=list(PRESETS), metavar="P", help=presets)
+    ins.set_defaults(run=_inspect)
+
+    exp = sub.add_parser("explain", formatter_class=fmt, epilog=EXAMPLES,
+                         help="explain inputs: relevance .npy, heatmap PNGs and summary.json",
+                         description=EXPLAIN_HELP)
+    exp.add_argument("model", metavar="MODEL", help="an .onnx file")
+    exp.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy arrays or image files")
+    exp.add_argument("--rules", default="dtd", choices=list(PRESETS), metavar="P", help=presets)
+    exp.add_argument("--target", type=int, metavar="K", help="class to explain (default: the predicted one)")
+    exp.add_argument("--low", type=_floats, metavar="L",
+                     help="z^B lower bound of the model input: scalar or per channel "
+                          "(default: 0, or (0 - mean) / std with --mean/--std)")
+    exp.add_argument("--high", type=_floats, metavar="H",
+                     help="z^B upper bound (default: 1, or (1 - mean) / std with --mean/--std)")
+    exp.add_argument("--mean", type=_floats, metavar="M", help="image normalization mean, scalar or per channel")
+    exp.add_argument("--std", type=_floats, metavar="S", help="image normalization std, scalar or per channel")
+    exp.add_argument("--maxpool", default="winner", choices=("winner", "proportional"),
+                     help="max pooling: route relevance to the winner, or split it proportionally (default: winner)")
+    exp.add_argument("--backend", default="auto", metavar="B", help="compute backend (default: auto, the fastest)")
+    exp.add_argument("--scale", type=_positive_int, metavar="N",
+                     help=f"upscale heatmaps N times (default: to about {HEATMAP_SIDE} px)")
+    exp.add_argument("-o", "--outdir", default="onnxdtd-out", help="output folder (default: onnxdtd-out)")
+    exp.set_defaults(run=_explain)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `onnxdtd` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, OnnxdtdError, OSError) as exc:
+        print(f"onnxdtd: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------- inspect
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Print the layer table with rules, or every unsupported operator (exit code 1)."""
+    problems = find_unsupported(args.model)
+    if problems:
+        print(f"model {args.model}: inputs {_declared_inputs(args.model)}")
+        print(f"{len(problems)} unsupported operator(s):")
+        for e in problems:
+            print(f"  {e.op_type:<16} node {e.node!r}: {e.reason}")
+        print(f"supported op types: {', '.join(sorted(supported_ops()))}")
+        return 1
+    model = load(args.model)
+    rules = resolve(args.rules).assign(model)
+    print(model.table(rules=["" if r is None else repr(r) for r in rules]))
+    print(f"rules: {args.rules}")
+    return 0
+
+
+def _declared_inputs(path: str) -> str:
+    """The graph inputs (not initializers) and their declared shapes, e.g. "'x' (N, 1, 28, 28)"."""
+    graph = onnx.load(path, load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    shapes = []
+    for vi in graph.input:
+        if vi.name not in weights:
+            dims = [d.dim_param or str(d.dim_value) if d.dim_param or d.dim_value else "?"
+                    for d in vi.type.tensor_type.shape.dim]
+            shapes.append(f"{vi.name!r} ({', '.join(dims)})")
+    return ", ".join(shapes) or "none"
+
+
+# ---------------------------------------------------------------- explain
+
+def _explain(args: argparse.Namespace) -> int:
+    """Explain every input, then write the relevance, heatmaps and summary.json."""
+    paths = [Path(p) for p in args.inputs]
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"no such input file: {path}")
+    model = load(args.model)
+    shape = model.input_shape or ()
+    mean, std = _per_channel(args.mean, shape, "--mean", 0.0), _per_channel(args.std, shape, "--std", 1.0)
+    if np.any(std <= 0):
+        raise UsageError("--std must be positive")
+    low = (0.0 - mean) / std if args.low is None else _per_channel(args.low, shape, "--low", 0.0)
+    high = (1.0 - mean) / std if args.high is None else _per_channel(args.high, shape, "--high", 1.0)
+    ex = Explainer(model, rules=args.rules, low=low, high=high, maxpool=args.maxpool, backend=args.backend)
+    items = [_read(path, stem, shape, mean, std) for path, stem in zip(paths, _stems(paths))]
+    for item in items:
+        try:
+            item.result = ex.explain(item.x, target=args.target)
+        except OnnxdtdError as exc:
+            raise UsageError(f"{item.path}: {exc}") from exc
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    records = [record for item in items for record in _write(item, outdir, args.scale, set(paths))]
+    summary = {"model": str(args.model), "preset": args.rules, "maxpool": args.maxpool,
+               "backend": ex.backend.name, "inputs": records}
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _per_channel(values: np.ndarray | None, shape: tuple, option: str, default: float) -> np.ndarray:
+    """A scalar, or per-channel values shaped to broadcast over the model input (e.g. (1, C, 1, 1))."""
+    if values is None or len(values) == 1:
+        return np.asarray(default if values is None else values[0], dtype=np.float64)
+    axis = _channel_axis(shape) or 1
+    channels = shape[axis] if len(shape) > axis else None
+    if channels != len(values):
+        raise UsageError(f"{option} has {len(values)} values, but the model input {_fmt(shape)} "
+                         f"has {channels if isinstance(channels, int) else 'an unknown number of'} channel(s)")
+    return values.reshape([len(values) if i == axis else 1 for i in range(len(shape))])
+
+
+def _channel_axis(shape: tuple) -> int | None:
+    """The channel axis of an image-like (N, C, H, W) or (N, H, W, C) shape with C in {1, 3}, else None."""
+    if len(shape) != 4:
+        return None
+    return 1 if shape[1] in (1, 3) else 3 if shape[3] in (1, 3) else None
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "N" if i == 0 else "?"
+                           for i, d in enumerate(shape)) + ")"
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    """Output name prefixes: the file stem, the name with its suffix if stems clash, then numbered."""
+    stems = [p.stem for p in paths]
+    stems = [s if stems.count(s) == 1 else p.name.replace(".", "_") for s, p in zip(stems, paths)]
+    return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
+
+
+def _read(path: Path, stem: str, shape: tuple, mean: np.ndarray, std: np.ndarray) -> Item:
+    """Read one input: a .npy array as is, or an image converted to the model's input."""
+    if path.suffix.lower() == ".npy":
+        x = _read_npy(path, shape)
+        return Item(path, stem, x if x.ndim == len(shape) or not shape else x[None], x.shape, None)
+    pixels = _read_image(path, shape)
+    x = np.moveaxis(pixels, -1, 0) if _channel_axis(shape) == 1 else pixels
+    x = ((x[None] - mean) / std).astype(np.float32)
+    return Item(path, stem, x, x.shape, pixels)
+
+
+def _read_npy(path: Path, shape: tuple) -> np.ndarray:
+    """The array in `path`: one sample (rank of the model input minus one) or a batch."""
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise UsageError(f"cannot read {path} as a .npy array: {exc}") from exc
+    if shape and x.ndim not in (len(shape) - 1, len(shape)):
+        raise UsageError(f"{path}: array of shape {x.shape} does not fit the model input {_fmt(shape)}: "
+                         f"give one sample of rank {len(shape) - 1} or a batch of rank {len(shape)}")
+    return x
+
+
+def _read_image(path: Path, shape: tuple) -> np.ndarray:
+    """The image as (H, W, C) floats in [0, 1], with the model's channel count and input size."""
+    axis = _channel_axis(shape)
+    if axis is None:
+        raise UsageError(f"the model input {_fmt(shape)} is not an image with 1 or 3 channels; give a .npy array")
+    height, width = shape[2:] if axis == 1 else shape[1:3]
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if shape[axis] == 1 else "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UsageError(f"cannot read {path} as an image: {exc}") from exc
+    size = (width if isinstance(width, int) and width > 0 else img.width,
+            height if isinstance(height, int) and height > 0 else img.height)
+    if img.size != size:
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return (np.asarray(img, dtype=np.float32) / 255.0).reshape(size[1], size[0], shape[axis])
+
+
+def _write(item: Item, outdir: Path, scale: int | None, inputs: set[Path]) -> list[dict]:
+    """Write one input's relevance and PNGs, print one line per sample; the summary records."""
+    relevance_file = _target(outdir / f"{item.stem}_relevance.npy", inputs)
+    np.save(relevance_file, item.result.relevance.reshape(item.file_shape))
+    records = []
+    for i in range(len(item.x)):
+        files = _write_pngs(item, i, outdir, scale, inputs)
+        rec = _record(item, i, {"relevance": relevance_file.name, **files})
+        ratio = "n/a" if rec["conservation"] is None else f"{rec['conservation']:.6f}"
+        print(f"{item.path}{f'[{i}]' if len(item.x) > 1 else ''}: prediction {rec['prediction']}, "
+              f"target {rec['target']} (logit {rec['logit']:.6g}), relevance sum {rec['relevance_sum']:.6g}, "
+              f"ratio {ratio} -> {outdir / files['heatmap']}")
+        records.append(rec)
+    return records
+
+
+def _write_pngs(item: Item, i: int, outdir: Path, scale: int | None, inputs: set[Path]) -> dict:
+    """The heatmap of sample `i`, and its overlay when the input is image-like; their file names."""
+    stem = item.stem if len(item.x) == 1 else f"{item.stem}_{i}"
+    r, axis = item.result.relevance[i], _channel_axis(item.x.shape)
+    rmap = channel_sum(np.moveaxis(r, -1, 0) if axis == 3 else r)
+    heat = heatmap(rmap, scale or max(1, HEATMAP_SIDE // max(rmap.shape)))
+    heat.save(_target(outdir / f"{stem}_heatmap.png", inputs))
+    if axis is None:
+        return {"heatmap": f"{stem}_heatmap.png", "overlay": None}
+    pixels = item.pixels if item.pixels is not None else _displayable(item.x[i], axis)
+    overlay(pixels, heat).save(_target(outdir / f"{stem}_overlay.png", inputs))
+    return {"heatmap": f"{stem}_heatmap.png", "overlay": f"{stem}_overlay.png"}
+
+
+def _record(item: Item, i: int, files: dict) -> dict:
+    """The summary.json entry of sample `i` of `item`."""
+    res = item.result
+    target = int(res.target[i])
+    logit, total = float(res.output[i, target]), float(res.relevance[i].sum(dtype=np.float64))
+    return {"file": str(item.path), "index": i, "prediction": int(res.output[i].argmax()), "target": target,
+            "logit": logit, "relevance_sum": total, "conservation": total / logit if logit else None,
+            **files}
+
+
+def _target(path: Path, inputs: set[Path]) -> Path:
+    """`path`, unless writing it would overwrite one of the inputs."""
+    if any(path.resolve() == p.resolve() for p in inputs):
+        raise UsageError(f"refusing to overwrite the input file {path}; choose another --outdir")
+    return path
+
+
+def _displayable(sample: np.ndarray, axis: int) -> np.ndarray:
+    """An image-like sample as (H, W, C) in [0, 1], min-max rescaled when it is outside that range."""
+    img = np.moveaxis(sample, 0, -1) if axis == 1 else sample
+    lo, hi = float(img.min()), float(img.max())
+    return img if lo >= 0 and hi <= 1 else (img - lo) / (hi - lo or 1.0)

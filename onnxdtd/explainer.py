@@ -47,8 +47,9 @@ class Explainer:
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
         self.backend = get_backend(backend)
         self.low, self.high = low, high
-        sample = tuple(d if isinstance(d, int) and d > 0 else 1 for d in (self.model.input_shape or ())[1:])
-        check_bounds(low, high, sample)  # fail early on bounds that cannot fit any input
+        sample = (self.model.input_shape or (None,))[1:]
+        if all(isinstance(d, int) and d > 0 for d in sample):
+            check_bounds(low, high, sample)  # fail early; with dynamic dimensions explain() checks
         tensors = {name for layer in self.model for name in (*layer.inputs, *layer.outputs)}
         self.forward = Forward(self.model.proto, self.model.input_name, sorted(tensors | {self.model.output_name}),
                                providers)

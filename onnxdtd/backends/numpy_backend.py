@@ -154,11 +154,15 @@ class NumpyBackend(Backend):
         inputs = {"x": lambda: a, "pos": lambda: a.clip(min=0), "neg": lambda: a.clip(max=0),
                   "low": lambda: np.broadcast_to(low, a.shape), "high": lambda: np.broadcast_to(high, a.shape),
                   "one": lambda: np.ones_like(a)}
+        # a⁻ after a Relu (or a⁺ before one) is all zero: its terms contribute nothing.
+        vanishing = {name for name, empty in (("pos", a.max() <= 0), ("neg", a.min() >= 0)) if empty}
         result = np.zeros_like(a)
         for group in rule.groups:
             terms = [(t, inputs[t.input](), PARAMS[t.weight](weight, rule.gamma),
                       None if t.bias is None or bias is None else PARAMS[t.bias](bias, rule.gamma))
-                     for t in group.terms]
+                     for t in group.terms if not (t.input in vanishing and t.bias is None)]
+            if not terms:
+                continue
             # The plain group's denominator is the forward pass's own output: reused, and consistent
             # with the activations that the relevance arriving here is proportional to.
             denom = z if group.is_plain else sum(t.sign * op.forward(x, w, b) for t, x, w, b in terms)
@@ -175,17 +179,12 @@ class NumpyBackend(Backend):
             s = relevance / stabilize(_sumpool(_pad(a, win), win), 1e-6)
             return a * _crop(_unpool(s, win), win)
         padded = _pad(a, win, -np.inf)
-        best, arg = None, np.zeros(relevance.shape, np.int64)
-        for k, off in enumerate(win.offsets()):
-            v = padded[(..., *win.slices(off))]
-            if best is None:
-                best = v.copy()
-                continue
-            better = v > best  # strict: the first maximum in row-major window order wins, as in PyTorch
-            best[better], arg[better] = v[better], k
+        offsets = win.offsets()
+        # argmax keeps the first maximum in row-major window order, as PyTorch's gradient does.
+        arg = np.stack([padded[(..., *win.slices(off))] for off in offsets]).argmax(axis=0)
         grad = np.zeros_like(padded)
-        for k, off in enumerate(win.offsets()):
-            grad[(..., *win.slices(off))] += np.where(arg == k, relevance, 0)
+        for k, off in enumerate(offsets):
+            grad[(..., *win.slices(off))] += (arg == k) * relevance
         return _crop(grad, win)
 
     def add(self, inputs: Sequence[np.ndarray], relevance):

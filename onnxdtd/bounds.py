@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import BoundsError, ConfigError
 from .graph.layer import Layer, LayerList
+from .graph.ops.index import source_index
 
 Bounds = tuple[np.ndarray, np.ndarray]
 
@@ -43,6 +44,7 @@ MAPS: dict[str, Callable[[Layer, np.ndarray, np.ndarray, tuple], Bounds]] = {
     "reshape": lambda l, lo, hi, shape: (lo.reshape(shape), hi.reshape(shape)),
     "transpose": lambda l, lo, hi, _: (lo.transpose(l.attrs["perm"]), hi.transpose(l.attrs["perm"])),
     "pad": lambda l, lo, hi, _: (_pad(l, lo), _pad(l, hi)),
+    "index": lambda l, lo, hi, _: (lo.reshape(-1)[source_index(l, lo.shape)], hi.reshape(-1)[source_index(l, hi.shape)]),
 }
 
 

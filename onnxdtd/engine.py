@@ -38,7 +38,7 @@ def _add(w: Walk, layer: Layer, r: Array) -> list[Array]:
     return w.backend.add([w.acts[name] for name in layer.inputs], r)
 
 
-def _route(w: Walk, layer: Layer, r: Array) -> list[Array]:
+def _route(w: Walk, layer: Layer, r: Array | list[Array]) -> list[Array]:
     return w.backend.route(layer, r, [tuple(w.acts[name].shape) for name in layer.inputs])
 
 
@@ -49,7 +49,7 @@ def _pass(w: Walk, layer: Layer, r: Array) -> list[Array]:
 PROPAGATE: dict[str, Callable[[Walk, Layer, Array], list[Array]]] = {
     "dense": _linear, "conv": _linear, "avgpool": _linear, "reduce": _linear,
     "maxpool": _maxpool, "add": _add,
-    "concat": _route, "reshape": _route, "transpose": _route, "pad": _route,
+    "concat": _route, "split": _route, "reshape": _route, "transpose": _route, "pad": _route, "index": _route,
     "elementwise": _pass, "affine": _pass,
 }
 
@@ -63,11 +63,13 @@ def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[Array | No
     relevance: dict[str, Array] = {model.output_name: initial}
     kept: dict[str, np.ndarray] = {}
     for layer in reversed(model.layers):
-        r = relevance.pop(layer.output, None)
-        if r is None:
+        parts = [relevance.pop(name, None) for name in layer.outputs]
+        if all(p is None for p in parts):
             continue
+        parts = [walk.acts[name] * 0 if p is None else p for name, p in zip(layer.outputs, parts)]
         if keep:
-            kept[layer.output] = walk.backend.to_numpy(r)
+            kept.update((name, walk.backend.to_numpy(p)) for name, p in zip(layer.outputs, parts))
+        r = parts[0] if len(parts) == 1 else parts
         for name, part in zip(layer.inputs, PROPAGATE[layer.kind](walk, layer, r)):
             relevance[name] = part if name not in relevance else relevance[name] + part
     result = relevance.get(model.input_name)

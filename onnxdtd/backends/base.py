@@ -41,5 +41,6 @@ class Backend(ABC):
         """Split the relevance of a sum of activations by the z-rule R_k = x_k R / s(Σ x)."""
 
     @abstractmethod
-    def route(self, layer: Layer, relevance: Array, in_shapes: Sequence[tuple[int, ...]]) -> list[Array]:
-        """Send relevance back through concat/reshape/transpose/pad as the gradient would."""
+    def route(self, layer: Layer, relevance: Array | list[Array], in_shapes: Sequence[tuple[int, ...]]) -> list[Array]:
+        """Send relevance back through concat/split/reshape/transpose/pad/index layers as the gradient
+        would; `relevance` is a list for layers with several outputs (split)."""

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..graph.layer import Layer
+from ..graph.ops.index import source_index
 from ..rules.base import PARAMS, Rule, stabilize
 from .base import Backend
 from .geometry import Window, window
@@ -201,6 +202,12 @@ class NumpyBackend(Backend):
         if kind == "concat":
             bounds = np.cumsum([s[layer.attrs["axis"]] for s in in_shapes])[:-1]
             return np.split(relevance, bounds, axis=layer.attrs["axis"])
+        if kind == "split":
+            return [np.concatenate(relevance, axis=layer.attrs["axis"])]
+        if kind == "index":
+            source = source_index(layer, in_shapes[0]).ravel()
+            total = np.bincount(source, weights=relevance.ravel(), minlength=math.prod(in_shapes[0]))
+            return [total.astype(relevance.dtype).reshape(in_shapes[0])]
         return [_unpad(relevance, layer.attrs["pads"], in_shapes[0])]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                          onnx.TensorProto.BFLOAT16})
@@ -26,6 +27,17 @@ class Node:
     def attr(self, key: str, default: Any = None) -> Any:
         """The attribute `key`, or `default` when the node does not set it."""
         return self.attrs.get(key, default)
+
+    def evaluate(self, values: dict[str, np.ndarray], opset: int) -> list[np.ndarray]:
+        """Run this node alone on `values` (every non-empty input by name) with onnx's reference evaluator."""
+        proto = helper.make_node(self.op_type, self.inputs, self.outputs, domain=self.domain or None, **self.attrs)
+        names = list(dict.fromkeys(i for i in self.inputs if i))
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(values[n].dtype), None)
+                  for n in names]
+        graph = helper.make_graph([proto], "node", inputs, [helper.make_empty_tensor_value_info(o)
+                                                            for o in self.outputs])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {n: values[n] for n in names})]
 
 
 def _decode(value: Any) -> Any:

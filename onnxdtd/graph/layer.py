@@ -9,7 +9,7 @@ import onnx
 
 LINEAR_KINDS = frozenset({"dense", "conv"})
 POOLING_KINDS = frozenset({"avgpool", "reduce"})
-ROUTING_KINDS = frozenset({"concat", "reshape", "transpose", "pad"})
+ROUTING_KINDS = frozenset({"concat", "split", "reshape", "transpose", "pad", "index"})
 PASS_KINDS = frozenset({"elementwise", "affine"})
 
 Shape = tuple  # entries are ints, or None/str for dynamic dimensions
@@ -29,6 +29,7 @@ class Layer:
     input_shapes: list[Shape] = field(default_factory=list)
     output_shapes: list[Shape] = field(default_factory=list)
     index: int = -1
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # per-input-shape derived data
 
     @property
     def output(self) -> str:

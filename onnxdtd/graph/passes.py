@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from ..errors import ModelLoadError, UnsupportedOperatorError
 from .ir import FLOAT_TYPES, Graph, Node
@@ -34,15 +32,9 @@ def _constant_value(node: Node) -> np.ndarray:
 
 
 def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
-    """Run one all-constant node with onnx's reference evaluator."""
-    proto = helper.make_node(node.op_type, node.inputs, node.outputs, domain=node.domain or None,
-                             **{k: v for k, v in node.attrs.items()})
-    inits = [numpy_helper.from_array(g.constants[i], i) for i in dict.fromkeys(node.inputs) if i]
-    outs = [helper.make_empty_tensor_value_info(o) for o in node.outputs]
-    model = helper.make_model(helper.make_graph([proto], "fold", [], outs, inits),
-                              opset_imports=[helper.make_opsetid("", g.opset)])
+    """Run one all-constant node."""
     try:
-        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, {})]
+        return node.evaluate(g.constants, g.opset)
     except Exception as exc:  # the evaluator raises many types; report them as the node's problem
         raise UnsupportedOperatorError(node.op_type, node.name, f"cannot fold constant node: {exc}") from exc
 

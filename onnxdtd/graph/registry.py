@@ -72,13 +72,13 @@ class BuildContext:
         return UnsupportedOperatorError(node.op_type, node.name, reason)
 
     def layer(self, node: Node, kind: str, inputs: Sequence[str], params: dict | None = None,
-              **attrs: Any) -> Layer:
-        """A Layer for `node` with shapes filled in from shape inference."""
+              outputs: Sequence[str] | None = None, **attrs: Any) -> Layer:
+        """A Layer for `node` (its first output unless `outputs` says) with shapes from shape inference."""
         shapes = self.graph.shapes
-        return Layer(name=node.name, kind=kind, op_type=node.op_type, inputs=list(inputs),
-                     outputs=[node.outputs[0]], params=params or {}, attrs=attrs,
-                     input_shapes=[shapes.get(i) for i in inputs],
-                     output_shapes=[shapes.get(node.outputs[0])])
+        outputs = list(outputs or node.outputs[:1])
+        return Layer(name=node.name, kind=kind, op_type=node.op_type, inputs=list(inputs), outputs=outputs,
+                     params=params or {}, attrs=attrs, input_shapes=[shapes.get(i) for i in inputs],
+                     output_shapes=[shapes.get(o) for o in outputs])
 
 
 def single_activation(node: Node, ctx: BuildContext) -> str:

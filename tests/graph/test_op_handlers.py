@@ -69,6 +69,15 @@ GRAPHS = {
          node("Relu", ["c"], "r")],
         {"scale": RNG.uniform(0.5, 2, size=(1, 2, 1, 1)), "div": np.float32(3.0), "w1": w(2, 2, 3, 3)},
         (2, 5, 5), 2 * 3 * 3),
+    "slice-gather-split-concat-resize": lambda: graph(
+        [node("Slice", ["x", "starts", "ends", "axes", "steps"], "s"), node("Gather", ["s", "idx"], "g", axis=3),
+         node("Split", ["g", "halves"], ["a", "b"], axis=1), node("Concat", ["b", "a"], "c", axis=1),
+         node("Relu", ["c"], "r"), node("Resize", ["r", "", "scales"], "up", mode="nearest"),
+         node("Conv", ["up", "w1"], "conv", strides=[2, 2]), node("Relu", ["conv"], "out")],
+        {"starts": np.array([1], np.int64), "ends": np.array([5], np.int64), "axes": np.array([2], np.int64),
+         "steps": np.array([1], np.int64), "idx": np.array([0, 2, 2, 5], np.int64),
+         "halves": np.array([1, 1], np.int64), "scales": np.array([1, 1, 2, 2], np.float32),
+         "w1": w(3, 2, 3, 3)}, (2, 6, 6), 3 * 3 * 3),
     "gemm-transA": lambda: model(
         [node("Transpose", ["x"], "t", perm=[1, 0]), node("Gemm", ["t", "w1"], "g", transA=1, transB=1),
          node("Relu", ["g"], "r"), node("MatMul", ["r", "w2"], "y")],

@@ -27,3 +27,12 @@ def concat(node: Node, ctx: BuildContext) -> Layer:
     if axis == 0:
         raise ctx.unsupported(node, "it concatenates along the batch axis 0")
     return ctx.layer(node, "concat", acts, axis=axis)
+
+
+@register("Split")
+def split(node: Node, ctx: BuildContext) -> Layer:
+    x = single_activation(node, ctx)
+    axis = int(node.attr("axis", 0)) % ctx.rank(node, x)
+    if axis == 0:
+        raise ctx.unsupported(node, "it splits along the batch axis 0")
+    return ctx.layer(node, "split", [x], outputs=node.outputs, axis=axis)

@@ -89,6 +89,24 @@ class _Conv:
         return _crop(grad, self.win)
 
 
+class _ConvTranspose:
+    """ConvTranspose as the transpose of the conv that maps its output space back onto its input space."""
+
+    def __init__(self, layer: Layer, shape: tuple[int, ...]):
+        a, weight = layer.attrs, layer.params["weight"]
+        nd = len(shape) - 2
+        size = [s * (i - 1) + p + d * (k - 1) + 1 - b - e for s, i, p, d, k, b, e in zip(
+            a["strides"], shape[2:], a["output_padding"], a["dilations"], a["kernel"], a["pads"][:nd], a["pads"][nd:])]
+        self.conv = _Conv(layer, (shape[0], weight.shape[1] * a["group"], *size))
+
+    def forward(self, x, w, b):
+        y = self.conv.transpose(x, w)
+        return y if b is None else y + b.reshape(-1, *(1,) * (y.ndim - 2))
+
+    def transpose(self, s, w):
+        return self.conv.forward(s, w, None)
+
+
 class _AvgPool:
     """Average pooling as a linear map with unit weight; the divisor counts pads as ONNX says."""
 
@@ -125,7 +143,7 @@ class _Reduce:
         return np.broadcast_to(s.reshape(kept) * (w * self.scale), self.shape).copy()
 
 
-OPS = {"dense": _Dense, "conv": _Conv, "avgpool": _AvgPool, "reduce": _Reduce}
+OPS = {"dense": _Dense, "conv": _Conv, "convtranspose": _ConvTranspose, "avgpool": _AvgPool, "reduce": _Reduce}
 
 
 def _unbroadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-LINEAR_KINDS = frozenset({"dense", "conv"})
+LINEAR_KINDS = frozenset({"dense", "conv", "convtranspose"})
 POOLING_KINDS = frozenset({"avgpool", "reduce"})
 ROUTING_KINDS = frozenset({"concat", "split", "reshape", "transpose", "pad", "index"})
 PASS_KINDS = frozenset({"elementwise", "affine"})

@@ -5,7 +5,9 @@ import numpy as np
 
 from ..errors import ModelLoadError, UnsupportedOperatorError
 from .ir import FLOAT_TYPES, Graph, Node
-from .layer import LINEAR_KINDS, Layer
+from .layer import Layer
+
+FOLDS_INTO = frozenset({"dense", "conv"})  # layers whose output channels are the weight's first axis
 
 IDENTITY_OPS = frozenset({"Identity", "Dropout"})
 
@@ -103,7 +105,7 @@ def fold_affine(layers: list[Layer], output: str) -> list[Layer]:
     kept = []
     for layer in layers:
         linear = producers.get(layer.inputs[0]) if layer.kind == "affine" else None
-        merged = (linear is not None and linear.kind in LINEAR_KINDS and readers[linear.output] == 1
+        merged = (linear is not None and linear.kind in FOLDS_INTO and readers[linear.output] == 1
                   and linear.output != output and _merge(linear, layer))
         if merged:
             producers[linear.output] = linear

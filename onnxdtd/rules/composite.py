@@ -10,13 +10,13 @@ from .base import Rule
 from .epsilon import Norm
 
 # Kind aliases a composite may use besides the layer kinds themselves.
-KIND_GROUPS = {"linear": LINEAR_KINDS, "pooling": POOLING_KINDS}
+KIND_GROUPS = {"linear": LINEAR_KINDS, "pooling": POOLING_KINDS, "conv": frozenset({"conv", "convtranspose"})}
 RULED_KINDS = LINEAR_KINDS | POOLING_KINDS
 
 
 def _kinds(key: str) -> frozenset[str]:
     """The layer kinds that a composite key names."""
-    if key in KIND_GROUPS:
+    if key in KIND_GROUPS:  # checked first: 'conv' covers ConvTranspose too
         return KIND_GROUPS[key]
     if key in RULED_KINDS:
         return frozenset({key})

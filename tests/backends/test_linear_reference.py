@@ -53,6 +53,12 @@ def conv(cin, cout, k, size, bias, **attrs):
     return [node("Conv", ["x", "w", *(["b"] if bias else [])], "y", **attrs)], inits, (cin, *size)
 
 
+def conv_transpose(cin, cout, k, size, bias, **attrs):
+    w = RNG.normal(size=(cin, cout // attrs.get("group", 1), *k))
+    inits = {"w": w} | ({"b": RNG.normal(size=cout)} if bias else {})
+    return [node("ConvTranspose", ["x", "w", *(["b"] if bias else [])], "y", **attrs)], inits, (cin, *size)
+
+
 def gemm(i, o, bias, **attrs):
     shape = (o, i) if attrs.get("transB") else (i, o)
     inits = {"w": RNG.normal(size=shape)} | ({"b": RNG.normal(size=o)} if bias else {})
@@ -78,6 +84,11 @@ LAYERS = {
     "conv2d-pointwise": lambda bias: conv(3, 2, (1, 1), (4, 4), bias),
     "conv2d-same-upper": lambda bias: conv(2, 2, (3, 3), (5, 6), bias, strides=[2, 2], auto_pad="SAME_UPPER"),
     "conv2d-same-lower": lambda bias: conv(2, 2, (2, 2), (5, 5), bias, auto_pad="SAME_LOWER"),
+    "convtranspose1d": lambda bias: conv_transpose(2, 3, (3,), (5,), bias, strides=[2], pads=[1, 0]),
+    "convtranspose2d-stride-pads-outpad": lambda bias: conv_transpose(3, 2, (3, 3), (4, 3), bias, strides=[2, 2],
+                                                                    pads=[1, 1, 1, 0], output_padding=[1, 0]),
+    "convtranspose2d-groups-dilation": lambda bias: conv_transpose(4, 6, (2, 3), (3, 4), bias, group=2,
+                                                                 dilations=[2, 1]),
 }
 
 

@@ -1,4 +1,4 @@
-"""Conv (1-D, 2-D, N-D; strides, pads, auto_pad, dilations, groups) as a `conv` layer."""
+"""Conv (1-D, 2-D, N-D; strides, pads, auto_pad, dilations, groups) as a `conv` layer, and ConvTranspose."""
 from __future__ import annotations
 
 from ..ir import Node
@@ -21,3 +21,19 @@ def conv(node: Node, ctx: BuildContext) -> Layer:
                      dilations=tuple(node.attr("dilations", [1] * nd)),
                      pads=tuple(node.attr("pads", [0] * 2 * nd)),
                      auto_pad=node.attr("auto_pad", "NOTSET"), group=int(node.attr("group", 1)))
+
+
+@register("ConvTranspose")
+def conv_transpose(node: Node, ctx: BuildContext) -> Layer:
+    if ctx.is_const(node.inputs[0]):
+        raise ctx.unsupported(node, "the data input (input 0) must be an activation")
+    if node.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or node.attr("output_shape") is not None:
+        raise ctx.unsupported(node, "auto_pad SAME_* and output_shape are not supported; export explicit pads")
+    weight = ctx.const(node, 1, "weight")
+    nd = weight.ndim - 2
+    pads = (0,) * 2 * nd if node.attr("auto_pad") == "VALID" else tuple(node.attr("pads", [0] * 2 * nd))
+    return ctx.layer(node, "convtranspose", [node.inputs[0]],
+                     {"weight": weight, "bias": ctx.optional_const(node, 2, "bias")},
+                     kernel=tuple(weight.shape[2:]), strides=tuple(node.attr("strides", [1] * nd)),
+                     dilations=tuple(node.attr("dilations", [1] * nd)), pads=pads,
+                     output_padding=tuple(node.attr("output_padding", [0] * nd)), group=int(node.attr("group", 1)))

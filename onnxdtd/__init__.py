@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from . import rules
 from .backends import available_backends
-from .errors import (BoundsError, ConfigError, InputError, ModelLoadError, OnnxdtdError, TargetError,
-                     UnsupportedOperatorError)
+from .errors import (BoundsError, ConfigError, InputError, LenientWarning, ModelLoadError, OnnxdtdError,
+                     TargetError, UnsupportedOperatorError)
 from .explainer import Explainer, Explanation
 from .graph import LayerList, find_unsupported, load, supported_ops
 
 __version__ = "0.1.0"
 
-__all__ = ["BoundsError", "ConfigError", "Explainer", "Explanation", "InputError", "LayerList", "ModelLoadError",
+__all__ = ["BoundsError", "ConfigError", "Explainer", "Explanation", "InputError", "LayerList", "LenientWarning", "ModelLoadError",
            "OnnxdtdError", "TargetError", "UnsupportedOperatorError", "available_backends", "find_unsupported",
            "load", "rules", "supported_ops"]

@@ -23,10 +23,9 @@ def _ordered(a: np.ndarray, b: np.ndarray) -> Bounds:
 
 
 def _elementwise(layer: Layer, x: np.ndarray) -> np.ndarray:
-    fn = layer.attrs["function"]
-    if fn == "Clip":
+    if layer.attrs["function"] == "Clip":
         return np.clip(x, layer.attrs.get("min"), layer.attrs.get("max"))
-    return np.where(x >= 0, x, layer.attrs.get("alpha", 0.0) * x)
+    return np.where(x >= 0, x, layer.attrs.get("alpha", 0.0) * x)  # Relu, LeakyRelu, PRelu
 
 
 def _pad(layer: Layer, x: np.ndarray) -> np.ndarray:
@@ -64,19 +63,26 @@ def check_bounds(low, high, sample_shape: tuple[int, ...]) -> Bounds:
     return out[0], out[1]
 
 
-def layer_bounds(model: LayerList, layer: Layer, low: np.ndarray, high: np.ndarray,
+def layer_bounds(model: LayerList, layer: Layer, bounds: dict[str, Bounds],
                  shapes: dict[str, tuple[int, ...]]) -> Bounds:
-    """The model-input bounds mapped to `layer`'s input; `shapes` gives each tensor's run-time shape."""
+    """The bounds of the model input that `layer` reads, mapped to `layer`'s input; `bounds` are
+    per model input, `shapes` the run-time shape of each tensor."""
     producers = {l.output: l for l in model}
     chain, name = [], layer.inputs[0]
-    while name != model.input_name:
+    while name not in model.inputs:
         prod = producers.get(name)
-        if prod is None or prod.kind not in MAPS:
+        if prod is None or prod.kind not in MAPS or not _maps(prod):
             raise ConfigError(f"layer {layer.index}:{layer.name} uses z^B bounds, but its input is not a pointwise "
                               f"image of the model input (via {prod.kind if prod else name!r}); give the rule "
                               "its own bounds, e.g. ZBox(low=..., high=...)")
         chain.append(prod)
         name = prod.inputs[0]
+    low, high = bounds[name]
     for prod in reversed(chain):
         low, high = MAPS[prod.kind](prod, low, high, (1, *shapes[prod.output][1:]))
     return low, high
+
+
+def _maps(layer: Layer) -> bool:
+    """Whether bounds can be pushed through `layer` (monotone elementwise functions only)."""
+    return layer.kind != "elementwise" or layer.attrs.get("function") in ("Relu", "LeakyRelu", "Clip", "PRelu")

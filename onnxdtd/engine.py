@@ -54,11 +54,12 @@ PROPAGATE: dict[str, Callable[[Walk, Layer, Array], list[Array]]] = {
 }
 
 
-def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[Array | None, dict[str, Any]]:
-    """Propagate `initial` (relevance at the model output) to the model input.
+def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[dict[str, Array], dict[str, Any]]:
+    """Propagate `initial` (relevance at the model output) to the model inputs.
 
     Relevance reaching a tensor from several readers is summed; a tensor's relevance is complete when
-    the walk reaches its producer. Returns the input relevance and, with `keep`, every tensor's."""
+    the walk reaches its producer. Returns the relevance of every input that the output depends on
+    and, with `keep`, every tensor's."""
     model = walk.model
     relevance: dict[str, Array] = {model.output_name: initial}
     kept: dict[str, np.ndarray] = {}
@@ -72,7 +73,7 @@ def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[Array | No
         r = parts[0] if len(parts) == 1 else parts
         for name, part in zip(layer.inputs, PROPAGATE[layer.kind](walk, layer, r)):
             relevance[name] = part if name not in relevance else relevance[name] + part
-    result = relevance.get(model.input_name)
-    if keep and result is not None:
-        kept[model.input_name] = walk.backend.to_numpy(result)
+    result = {name: relevance[name] for name in model.inputs if name in relevance}
+    if keep:
+        kept.update((name, walk.backend.to_numpy(r)) for name, r in result.items())
     return result, kept

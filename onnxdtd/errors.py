@@ -40,3 +40,7 @@ class BoundsError(OnnxdtdError, ValueError):
 
 class ConfigError(OnnxdtdError, ValueError):
     """An Explainer option (preset, rule, backend, maxpool mode, dtype) is invalid."""
+
+
+class LenientWarning(UserWarning):
+    """Relevance passes unchanged through ops that have no rule (Explainer(strict=False))."""

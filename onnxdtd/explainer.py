@@ -1,16 +1,17 @@
 """The public Explainer: forward pass in onnxruntime, then the backward walk under a composite of rules."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 from .backends import get_backend
-from .bounds import check_bounds, layer_bounds
+from .bounds import Bounds, check_bounds, layer_bounds
 from .engine import Walk, backward
-from .errors import ConfigError, InputError, TargetError
+from .errors import ConfigError, InputError, LenientWarning, TargetError
 from .forward import Forward
 from .graph import LayerList, load
 from .graph.loader import ModelSource
@@ -24,19 +25,27 @@ INIT_MODES = ("logit", "one")
 class Explanation:
     """The result of one explain() call."""
 
-    relevance: np.ndarray  # same shape as the input
-    output: np.ndarray  # the model's output (N, K): logits when a final softmax was stripped
+    relevance: np.ndarray | dict[str, np.ndarray]  # the input's shape; a dict by input name for several inputs
+    output: np.ndarray  # the explained output (N, K): logits when a final softmax was stripped
     target: np.ndarray  # (N,) int64, the explained class of every sample
     intermediate: dict[str, np.ndarray] = field(default_factory=dict)  # with keep=True: every tensor's relevance
 
 
 class Explainer:
-    """Explains one ONNX model under one composite of rules; build once, call explain() many times."""
+    """Explains one ONNX model under one composite of rules; build once, call explain() many times.
+
+    `low`/`high` are the z^B bounds of the model input (scalar, per channel, full shape; a dict by
+    input name for several inputs); `output` picks the explained output (index or name); with
+    `strict=False` nonlinear elementwise ops without a rule pass relevance through, with a warning."""
 
     def __init__(self, model: ModelSource | LayerList, rules: str | Composite = "dtd", low=0.0, high=1.0,
                  maxpool: str = "winner", backend: str = "auto", dtype=np.float32,
-                 providers: Sequence | None = None):
-        self.model = model if isinstance(model, LayerList) else load(model)
+                 providers: Sequence | None = None, output: str | int | None = None, strict: bool = True):
+        self.model = model if isinstance(model, LayerList) else load(model, strict=strict, output=output)
+        if self.model.lenient:
+            names = ", ".join(f"{layer.op_type} {layer.name!r}" for layer in self.model.lenient)
+            warnings.warn(f"no relevance rule for {names}: relevance passes through unchanged (lenient mode)",
+                          LenientWarning, stacklevel=2)
         self.composite = resolve(rules)
         self.rules = self.composite.assign(self.model)
         if maxpool not in MAXPOOL_MODES:
@@ -47,61 +56,92 @@ class Explainer:
             raise ConfigError(f"dtype must be float32 or float64, got {self.dtype}")
         self.backend = get_backend(backend)
         self.low, self.high = low, high
-        sample = (self.model.input_shape or (None,))[1:]
-        if all(isinstance(d, int) and d > 0 for d in sample):
-            check_bounds(low, high, sample)  # fail early; with dynamic dimensions explain() checks
+        for name, shape in self.model.inputs.items():  # fail early; dynamic shapes are checked by explain()
+            sample = (shape or (None,))[1:]
+            if all(isinstance(d, int) and d > 0 for d in sample):
+                check_bounds(*self._bounds_of(name), sample)
         tensors = {name for layer in self.model for name in (*layer.inputs, *layer.outputs)}
-        self.forward = Forward(self.model.proto, self.model.input_name, sorted(tensors | {self.model.output_name}),
+        self.forward = Forward(self.model.proto, self.model.inputs, sorted(tensors | {self.model.output_name}),
                                providers)
-        self.input_dtype = _input_dtype(self.model)
+        self.input_dtypes = _input_dtypes(self.model)
 
-    def explain(self, x: np.ndarray, target=None, init: str = "logit", keep: bool = False) -> Explanation:
-        """Relevance of every input element for `target` (None: the argmax of each sample)."""
-        x = self._check_input(x)
+    def explain(self, x, target=None, init: str = "logit", keep: bool = False) -> Explanation:
+        """Relevance of every input element for `target` (None: the argmax of each sample). `x` is an
+        array (N, ...), or for several inputs a dict by input name (or a sequence in input order)."""
+        feeds = self._check_inputs(x)
         if init not in INIT_MODES:
             raise ConfigError(f"init must be one of {INIT_MODES}, got {init!r}")
-        acts = self.forward.run(x)
+        n = len(next(iter(feeds.values())))
+        acts = self.forward.run(feeds)
         output = acts[self.model.output_name]
-        logits = output.reshape(len(x), -1)
+        logits = output.reshape(n, -1)
         targets = _targets(target, logits)
-        rows = np.arange(len(x))
+        rows = np.arange(n)
         start = np.zeros(logits.shape, self.dtype)
         start[rows, targets] = logits[rows, targets] if init == "logit" else 1.0
-        walk = self._walk(x, acts)
-        relevance, kept = backward(walk, walk.backend.asarray(start.reshape(output.shape), self.dtype), keep)
-        relevance = np.zeros(x.shape, self.dtype) if relevance is None else self.backend.to_numpy(relevance)
-        return Explanation(relevance.astype(self.dtype, copy=False), logits, targets, kept)
+        walk = self._walk(feeds, acts)
+        found, kept = backward(walk, walk.backend.asarray(start.reshape(output.shape), self.dtype), keep)
+        relevance = {name: (self.backend.to_numpy(found[name]) if name in found else np.zeros(x.shape))
+                     .astype(self.dtype, copy=False) for name, x in feeds.items()}
+        single = len(relevance) == 1
+        return Explanation(next(iter(relevance.values())) if single else relevance, logits, targets, kept)
 
-    def _walk(self, x: np.ndarray, acts: dict[str, np.ndarray]) -> Walk:
-        low, high = check_bounds(self.low, self.high, x.shape[1:])
+    def _bounds_of(self, name: str) -> tuple:
+        """The (low, high) given for input `name`: shared values, or the entries of dicts by input name."""
+        pick = lambda v, default: v.get(name, default) if isinstance(v, Mapping) else v  # noqa: E731
+        return pick(self.low, 0.0), pick(self.high, 1.0)
+
+    def _walk(self, feeds: dict[str, np.ndarray], acts: dict[str, np.ndarray]) -> Walk:
+        given: dict[str, Bounds] = {name: check_bounds(*self._bounds_of(name), x.shape[1:])
+                                    for name, x in feeds.items()}
         shapes = {name: value.shape for name, value in acts.items()}
         bounds = {}
         for layer, rule in zip(self.model, self.rules):
             if rule is not None and rule.uses_bounds:
                 own = rule.low is not None and rule.high is not None
-                lo, hi = (rule.low, rule.high) if own else layer_bounds(self.model, layer, low, high, shapes)
+                lo, hi = (rule.low, rule.high) if own else layer_bounds(self.model, layer, given, shapes)
                 bounds[layer.index] = (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
         device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items()}
         return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds)
 
-    def _check_input(self, x) -> np.ndarray:
+    def _check_inputs(self, x) -> dict[str, np.ndarray]:
+        """The inputs as validated arrays by name."""
+        names = list(self.model.inputs)
+        if isinstance(x, Mapping):
+            if set(x) != set(names):
+                raise InputError(f"expected inputs {names}, got {sorted(x)}")
+            given = dict(x)
+        elif len(names) > 1:
+            if not isinstance(x, (list, tuple)) or len(x) != len(names):
+                raise InputError(f"the model has {len(names)} inputs {names}: pass a dict by name or a "
+                                 "sequence in that order")
+            given = dict(zip(names, x))
+        else:
+            given = {names[0]: x}
+        feeds = {name: self._check_input(name, value) for name, value in given.items()}
+        sizes = {name: len(value) for name, value in feeds.items()}
+        if len(set(sizes.values())) > 1:
+            raise InputError(f"all inputs must have the same batch size, got {sizes}")
+        return feeds
+
+    def _check_input(self, name: str, x) -> np.ndarray:
         x = np.asarray(x)
         if not np.issubdtype(x.dtype, np.floating):
-            raise InputError(f"input must be a floating-point array, got dtype {x.dtype}")
-        expected = self.model.input_shape
+            raise InputError(f"input {name!r} must be a floating-point array, got dtype {x.dtype}")
+        expected = self.model.inputs[name]
         if expected is not None:
             if x.ndim != len(expected):
-                raise InputError(f"input {self.model.input_name!r} must have rank {len(expected)} "
+                raise InputError(f"input {name!r} must have rank {len(expected)} "
                                  f"(expected shape {_show(expected)}), got shape {x.shape}")
             for axis, (want, got) in enumerate(zip(expected, x.shape)):
                 if isinstance(want, int) and want > 0 and want != got:
-                    raise InputError(f"input {self.model.input_name!r} must have shape {_show(expected)}, "
+                    raise InputError(f"input {name!r} must have shape {_show(expected)}, "
                                      f"got {x.shape} (axis {axis}: expected {want}, got {got})")
         if x.ndim == 0 or x.shape[0] == 0:
-            raise InputError(f"input must have a non-empty batch axis, got shape {x.shape}")
+            raise InputError(f"input {name!r} must have a non-empty batch axis, got shape {x.shape}")
         if not np.all(np.isfinite(x)):
-            raise InputError("input contains NaN or Inf")
-        return np.ascontiguousarray(x, dtype=self.input_dtype)
+            raise InputError(f"input {name!r} contains NaN or Inf")
+        return np.ascontiguousarray(x, dtype=self.input_dtypes[name])
 
 
 def _show(shape: tuple) -> str:
@@ -109,11 +149,11 @@ def _show(shape: tuple) -> str:
                            else "?" for i, d in enumerate(shape)) + ")"
 
 
-def _input_dtype(model: LayerList) -> np.dtype:
-    for vi in model.proto.graph.input:
-        if vi.name == model.input_name:
-            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-    return np.dtype(np.float32)
+def _input_dtypes(model: LayerList) -> dict[str, np.dtype]:
+    """The element type onnxruntime expects for each model input."""
+    declared = {vi.name: vi.type.tensor_type.elem_type for vi in model.proto.graph.input}
+    return {name: np.dtype(onnx.helper.tensor_dtype_to_np_dtype(declared.get(name, onnx.TensorProto.FLOAT)))
+            for name in model.inputs}
 
 
 def _targets(target, logits: np.ndarray) -> np.ndarray:

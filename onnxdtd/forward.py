@@ -14,14 +14,14 @@ from .errors import InputError, ModelLoadError
 class Forward:
     """An onnxruntime session of the original model that also returns the named intermediate tensors."""
 
-    def __init__(self, proto: onnx.ModelProto, input_name: str, tensors: Iterable[str],
+    def __init__(self, proto: onnx.ModelProto, inputs: Iterable[str], tensors: Iterable[str],
                  providers: Sequence | None = None):
-        self.input_name = input_name
+        inputs = set(inputs)
         model = onnx.ModelProto()
         model.CopyFrom(proto)
         known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
         present = {o.name for o in model.graph.output}
-        self.names = list(dict.fromkeys(t for t in tensors if t != input_name))
+        self.names = list(dict.fromkeys(t for t in tensors if t not in inputs))
         for name in self.names:
             if name not in present:
                 vi = known.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
@@ -36,11 +36,12 @@ class Forward:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"onnxruntime cannot run this model: {str(exc).strip().splitlines()[-1]}") from exc
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """All exposed tensors for input `x`, the input itself included."""
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """All exposed tensors for the model inputs `feeds`, the inputs themselves included."""
         try:
-            values = self.session.run(self.names, {self.input_name: x})
+            values = self.session.run(self.names, feeds)
         except Exception as exc:  # e.g. a shape that the graph's own Reshape cannot take
-            raise InputError(f"onnxruntime rejected the input of shape {x.shape}: "
+            shapes = {name: x.shape for name, x in feeds.items()}
+            raise InputError(f"onnxruntime rejected the input of shape(s) {shapes}: "
                              f"{str(exc).strip().splitlines()[-1]}") from exc
-        return {self.input_name: x, **dict(zip(self.names, values))}
+        return {**feeds, **dict(zip(self.names, values))}

@@ -11,28 +11,43 @@ from builders import model, node
 RNG = np.random.default_rng(4)
 
 
-def small(extra=()):
+def small(extra=(), extra_inits=None):
     """Conv → Relu → [extra nodes] → Flatten → Gemm, input (N, 2, 4, 4), 3 outputs."""
     nodes = [node("Conv", ["x", "w"], "c", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"), *extra,
              node("Flatten", [extra[-1].output[0] if extra else "r"], "f"), node("Gemm", ["f", "w2"], "y")]
     rng = np.random.default_rng(0)  # the same weights on every call
-    return model(nodes, {"w": rng.normal(size=(2, 2, 3, 3)), "w2": rng.normal(size=(32, 3))}, (2, 4, 4))
+    inits = {"w": rng.normal(size=(2, 2, 3, 3)), "w2": rng.normal(size=(32, 3)), **(extra_inits or {})}
+    return model(nodes, inits, (2, 4, 4))
 
 
 def test_unsupported_op_names_op_node_and_supported_list():
-    proto = small([node("Erf", ["r"], "e")])
+    proto = small([node("LRN", ["r"], "n", size=3)])
     with pytest.raises(onnxdtd.UnsupportedOperatorError) as info:
         onnxdtd.Explainer(proto)
     err = info.value
-    assert err.op_type == "Erf" and err.node == "Erf_e" and "Conv" in err.supported
-    assert "'Erf'" in str(err) and "'Erf_e'" in str(err) and "MaxPool" in str(err)
+    assert err.op_type == "LRN" and err.node == "LRN_n" and "Conv" in err.supported
+    assert "'LRN'" in str(err) and "'LRN_n'" in str(err) and "MaxPool" in str(err)
 
 
-def test_find_unsupported_lists_every_bad_node():
-    proto = small([node("Erf", ["r"], "e"), node("Tanh", ["e"], "t")])
+def test_find_unsupported_lists_every_bad_node_and_says_what_is_missing():
+    proto = small([node("Erf", ["r"], "e"), node("LRN", ["e"], "n", size=3),
+                   node("LayerNormalization", ["n", "gamma"], "ln", axis=-1)], {"gamma": np.ones(4)})
     found = onnxdtd.find_unsupported(proto)
-    assert [(e.op_type, e.node) for e in found] == [("Erf", "Erf_e"), ("Tanh", "Tanh_t")]
+    assert [(e.op_type, e.node) for e in found] == [("Erf", "Erf_e"), ("LRN", "LRN_n"),
+                                                    ("LayerNormalization", "LayerNormalization_ln")]
+    assert "strict=False" in found[0].reason and "statistics" in found[2].reason
     assert onnxdtd.find_unsupported(small()) == []
+
+
+def test_lenient_mode_passes_relevance_through_ops_without_rule_and_warns():
+    proto = small([node("Tanh", ["r"], "t"), node("Sigmoid", ["t"], "s")])
+    with pytest.raises(onnxdtd.UnsupportedOperatorError, match="Tanh.*strict=False"):
+        onnxdtd.Explainer(proto)
+    with pytest.warns(onnxdtd.LenientWarning, match="Tanh 'Tanh_t', Sigmoid 'Sigmoid_s'"):
+        ex = onnxdtd.Explainer(proto, strict=False, rules="zplus")
+    x = RNG.uniform(size=(2, 2, 4, 4)).astype(np.float32)
+    res = ex.explain(x, keep=True)
+    np.testing.assert_allclose(res.intermediate["r"], res.intermediate["s"])
 
 
 def test_unsupported_variant_of_a_supported_op():

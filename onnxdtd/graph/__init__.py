@@ -7,31 +7,30 @@ from .ir import Graph
 from .layer import Layer, LayerList
 from .loader import ModelSource, read_model
 from .passes import drop_no_ops, drop_non_float, fold_affine, fold_constants, model_output, prune, strip_final
-from .registry import BuildContext, handler_for, supported_ops
+from .registry import HINTS, BuildContext, handler_for, supported_ops
 
 __all__ = ["Layer", "LayerList", "load", "find_unsupported", "supported_ops"]
 
 
-def _graph(model: ModelSource) -> tuple[Graph, str, object]:
-    proto = read_model(model)
-    g = Graph.from_proto(proto)
+def _graph(model: ModelSource, output: str | int | None) -> tuple[Graph, str]:
+    g = Graph.from_proto(read_model(model))
     fold_constants(g)
     drop_no_ops(g)
     drop_non_float(g)
-    output = model_output(g)
-    prune(g, output)
-    return g, output, proto
+    name = model_output(g, output)
+    prune(g, name)
+    return g, name
 
 
-def _convert(g: Graph, errors: list[UnsupportedOperatorError] | None = None) -> list[Layer]:
+def _convert(g: Graph, strict: bool, errors: list[UnsupportedOperatorError] | None = None) -> list[Layer]:
     """One Layer per node; unsupported nodes raise, or are collected into `errors` when given."""
-    ctx, layers = BuildContext(g), []
+    ctx, layers = BuildContext(g, strict), []
     for node in g.nodes:
         handler = handler_for(node.op_type, g.opset) if node.domain in ("", "ai.onnx") else None
         try:
             if handler is None:
-                raise UnsupportedOperatorError(node.op_type, node.name, "no handler for this op type",
-                                               supported_ops())
+                reason = HINTS.get(node.op_type, "no handler for this op type")
+                raise UnsupportedOperatorError(node.op_type, node.name, reason, supported_ops())
             layers.append(handler(node, ctx))
         except UnsupportedOperatorError as exc:
             if errors is None:
@@ -40,25 +39,31 @@ def _convert(g: Graph, errors: list[UnsupportedOperatorError] | None = None) -> 
     return layers
 
 
-def load(model: ModelSource) -> LayerList:
-    """Parse and canonicalize an ONNX model (path, bytes or ModelProto) into a LayerList."""
-    g, output, proto = _graph(model)
-    float_inputs = [name for name in g.inputs if g.is_float(name)]
-    if len(float_inputs) != 1:
-        raise ModelLoadError(f"expected exactly one floating-point model input, got {float_inputs}")
-    layers, output, stripped = strip_final(_convert(g), output)
+def load(model: ModelSource, strict: bool = True, output: str | int | None = None) -> LayerList:
+    """Parse and canonicalize an ONNX model (path, bytes or ModelProto) into a LayerList.
+
+    `output` picks the explained tensor (a graph output's index or name, or any tensor's name; default:
+    the first floating-point output). With `strict=False`, nonlinear elementwise ops that have no
+    relevance rule (Tanh, GELU, a Sigmoid inside the graph, ...) pass relevance through unchanged."""
+    g, output = _graph(model, output)
+    inputs = {name: g.shapes.get(name) for name in g.inputs if any(name in n.inputs for n in g.nodes)}
+    others = [name for name in inputs if not g.is_float(name)]
+    if others or not inputs:
+        raise ModelLoadError(f"every model input the output depends on must be floating-point; got "
+                             f"{list(inputs) or 'none'} (not float: {others})")
+    layers, output, stripped = strip_final(_convert(g, strict), output, strict)
     layers = fold_affine(layers, output)
-    return LayerList(layers, float_inputs[0], g.shapes.get(float_inputs[0]), output, g.shapes.get(output),
-                     proto, stripped)
+    return LayerList(layers, inputs, output, g.shapes.get(output), g.proto, stripped)
 
 
-def find_unsupported(model: ModelSource) -> list[UnsupportedOperatorError]:
+def find_unsupported(model: ModelSource, strict: bool = True,
+                     output: str | int | None = None) -> list[UnsupportedOperatorError]:
     """Every node of `model` that onnxdtd cannot explain (empty when the whole graph is supported)."""
-    g, output, _ = _graph(model)
+    g, output = _graph(model, output)
     errors: list[UnsupportedOperatorError] = []
-    layers = _convert(g, errors)
+    layers = _convert(g, strict, errors)
     try:
-        strip_final(layers, output)
+        strip_final(layers, output, strict)
     except UnsupportedOperatorError as exc:
         errors.append(exc)
     return errors

@@ -9,6 +9,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+NOT_A_TENSOR = -1  # dtype marker of sequences and maps (e.g. ZipMap's output)
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
                          onnx.TensorProto.BFLOAT16})
 
@@ -69,6 +70,8 @@ class Graph:
     shapes: dict[str, tuple | None]
     dtypes: dict[str, int]
     opset: int
+    proto: onnx.ModelProto  # the model read, for the forward pass
+    aliases: dict[str, str] = field(default_factory=dict)  # names of removed no-op outputs -> their source
 
     @classmethod
     def from_proto(cls, proto: onnx.ModelProto) -> "Graph":
@@ -79,24 +82,27 @@ class Graph:
         dtypes: dict[str, int] = {}
         for vi in [*g.input, *g.value_info, *g.output]:
             shapes[vi.name] = _shape_of(vi.type)
-            dtypes[vi.name] = vi.type.tensor_type.elem_type
+            dtypes[vi.name] = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else NOT_A_TENSOR
         nodes = [Node(n.op_type, n.name or f"{n.op_type}_{i}", list(n.input), list(n.output),
                       {a.name: _decode(helper.get_attribute_value(a)) for a in n.attribute}, n.domain)
                  for i, n in enumerate(g.node)]
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         inputs = [vi.name for vi in g.input if vi.name not in constants]
-        return cls(nodes, constants, inputs, [vi.name for vi in g.output], shapes, dtypes, opset)
+        return cls(nodes, constants, inputs, [vi.name for vi in g.output], shapes, dtypes, opset, proto)
 
     def is_float(self, name: str) -> bool:
         """Whether a tensor holds floating-point data (unknown types count as float)."""
         return self.dtypes.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES | {onnx.TensorProto.UNDEFINED}
 
-    def consumers(self, name: str) -> list[Node]:
-        """The nodes that read tensor `name`."""
-        return [n for n in self.nodes if name in n.inputs]
+    def resolve(self, name: str) -> str:
+        """The tensor that holds `name`'s values after no-op nodes were removed."""
+        while name in self.aliases:
+            name = self.aliases[name]
+        return name
 
     def rename(self, old: str, new: str) -> None:
         """Make every reader of `old` (nodes and graph outputs) read `new` instead."""
+        self.aliases[old] = new
         for node in self.nodes:
             node.inputs = [new if i == old else i for i in node.inputs]
         self.outputs = [new if o == old else o for o in self.outputs]

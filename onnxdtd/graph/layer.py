@@ -53,8 +53,7 @@ class LayerList:
     """A topologically ordered list of layers plus the model it came from."""
 
     layers: list[Layer]
-    input_name: str
-    input_shape: Shape
+    inputs: dict[str, Shape]  # the model's floating-point inputs and their declared shapes, in graph order
     output_name: str
     output_shape: Shape
     proto: onnx.ModelProto
@@ -63,6 +62,20 @@ class LayerList:
     def __post_init__(self) -> None:
         for i, layer in enumerate(self.layers):
             layer.index = i
+
+    @property
+    def input_name(self) -> str:
+        """The first (for most models the only) input."""
+        return next(iter(self.inputs))
+
+    @property
+    def input_shape(self) -> Shape:
+        return self.inputs[self.input_name]
+
+    @property
+    def lenient(self) -> list[Layer]:
+        """Layers whose op has no relevance rule and that pass relevance through (lenient mode)."""
+        return [layer for layer in self.layers if layer.attrs.get("lenient")]
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -90,8 +103,8 @@ class LayerList:
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        footer = (f"input {self.input_name!r} {_fmt_shape(self.input_shape)} -> output "
-                  f"{self.output_name!r} {_fmt_shape(self.output_shape)}")
+        ins = ", ".join(f"{name!r} {_fmt_shape(shape)}" for name, shape in self.inputs.items())
+        footer = f"input {ins} -> output {self.output_name!r} {_fmt_shape(self.output_shape)}"
         if self.stripped:
             footer += f" (final {self.stripped} stripped: the logit is explained)"
         total = sum(layer.num_params for layer in self.layers)

@@ -9,7 +9,9 @@ from .layer import Layer
 
 FOLDS_INTO = frozenset({"dense", "conv"})  # layers whose output channels are the weight's first axis
 
-IDENTITY_OPS = frozenset({"Identity", "Dropout"})
+# Ops whose output carries its input's values: readers read the input instead. ZipMap only repackages
+# a classifier's probabilities as a sequence of maps.
+IDENTITY_OPS = frozenset({"Identity", "Dropout", "ZipMap"})
 
 
 def fold_constants(g: Graph) -> None:
@@ -42,7 +44,7 @@ def _evaluate(node: Node, g: Graph) -> list[np.ndarray]:
 
 
 def drop_no_ops(g: Graph) -> None:
-    """Identity, Dropout and float-to-float Cast nodes disappear; readers read their input."""
+    """Identity, Dropout, ZipMap and float-to-float Cast nodes disappear; readers read their input."""
     kept = []
     for node in g.nodes:
         float_cast = node.op_type == "Cast" and node.attr("to") in FLOAT_TYPES and g.is_float(node.inputs[0])
@@ -68,17 +70,24 @@ def prune(g: Graph, output: str) -> None:
     g.nodes = kept[::-1]
 
 
-def strip_final(layers: list[Layer], output: str) -> tuple[list[Layer], str, str | None]:
-    """Remove a trailing Softmax/LogSoftmax/Sigmoid so that the logit is explained."""
+def strip_final(layers: list[Layer], output: str, strict: bool = True) -> tuple[list[Layer], str, str | None]:
+    """Remove a trailing Softmax/LogSoftmax/Sigmoid so that the logit is explained; a Sigmoid elsewhere
+    passes relevance through in lenient mode."""
     stripped = None
     while layers and layers[-1].kind == "final" and layers[-1].output == output:
         stripped = layers[-1].op_type
         output = layers[-1].inputs[0]
         layers = layers[:-1]
     for layer in layers:
-        if layer.kind == "final":
+        if layer.kind != "final":
+            continue
+        if strict or layer.op_type != "Sigmoid":
             raise UnsupportedOperatorError(layer.op_type, layer.name, "only supported as the model's last op "
-                                           "(it is stripped and the logit is explained)")
+                                           "(it is stripped and the logit is explained)"
+                                           + ("; Explainer(strict=False) passes relevance through a Sigmoid"
+                                              if layer.op_type == "Sigmoid" else ""))
+        layer.kind = "elementwise"
+        layer.attrs["lenient"] = True
     return layers, output, stripped
 
 
@@ -135,9 +144,18 @@ def _merge(linear: Layer, affine: Layer) -> bool:
     return True
 
 
-def model_output(g: Graph) -> str:
-    """The first floating-point graph output: the tensor that is explained."""
-    for name in g.outputs:
-        if g.is_float(name):
+def model_output(g: Graph, output: str | int | None = None) -> str:
+    """The tensor that is explained: `output` (a graph output's index, or any tensor's name), or by
+    default the first floating-point graph output."""
+    if isinstance(output, int):
+        if not -len(g.outputs) <= output < len(g.outputs):
+            raise ModelLoadError(f"output index {output} out of range: the model has outputs {g.outputs}")
+        output = g.outputs[output]
+    candidates = [g.resolve(output)] if output is not None else g.outputs
+    for name in candidates:
+        if g.is_float(name) and (name in g.outputs or any(name in n.outputs for n in g.nodes)):
             return name
+    if output is not None:
+        raise ModelLoadError(f"cannot explain {output!r}: not a floating-point tensor of the model "
+                             f"(graph outputs: {g.outputs})")
     raise ModelLoadError(f"the model has no floating-point output (outputs: {g.outputs})")

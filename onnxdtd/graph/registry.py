@@ -35,11 +35,28 @@ def supported_ops() -> list[str]:
     return sorted(_HANDLERS)
 
 
+# What is missing for common ops that have no handler, shown by errors and `onnxdtd inspect`.
+HINTS = {
+    "LayerNormalization": "normalizes by the statistics of its own input; no LRP rule yet (the usual "
+                          "treatment holds the standard deviation constant, as for BatchNorm)",
+    "GroupNormalization": "normalizes by the statistics of its own input; no LRP rule yet",
+    "InstanceNormalization": "normalizes by the statistics of its own input; no LRP rule yet",
+    "Gelu": "a nonlinear elementwise op with no rule: Explainer(strict=False) / --lenient passes relevance through",
+    "LSTM": "recurrent cells need rules for their multiplicative gates (not implemented)",
+    "GRU": "recurrent cells need rules for their multiplicative gates (not implemented)",
+    "RNN": "recurrent cells are not supported",
+    "Attention": "attention multiplies activations with each other (needs AH-LRP-style rules, not implemented)",
+    "MultiHeadAttention": "attention multiplies activations with each other (not implemented)",
+    "Einsum": "general tensor contractions are not supported; export MatMul with a constant weight",
+    "Resize": "only mode='nearest' is supported",
+}
+
+
 class BuildContext:
     """What a handler may ask about the graph: constants, shapes, ranks and the opset."""
 
-    def __init__(self, graph: Graph):
-        self.graph = graph
+    def __init__(self, graph: Graph, strict: bool = True):
+        self.graph, self.strict = graph, strict
         self.opset = graph.opset
 
     def is_const(self, name: str) -> bool:

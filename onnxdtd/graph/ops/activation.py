@@ -6,12 +6,33 @@ from ..layer import Layer
 from ..registry import BuildContext, register, single_activation
 
 FINAL_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
+# Nonlinear elementwise ops with no relevance rule: an error, or passed through in lenient mode.
+NO_RULE = ("Tanh", "Erf", "Gelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "HardSigmoid", "HardSwish",
+           "Mish", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Sin", "Cos", "ThresholdedRelu")
 
 
 @register("Relu", "LeakyRelu")
 def relu(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "elementwise", [single_activation(node, ctx)], function=node.op_type,
                      alpha=node.attr("alpha", 0.01 if node.op_type == "LeakyRelu" else 0.0))
+
+
+@register("PRelu")
+def prelu(node: Node, ctx: BuildContext) -> Layer:
+    return ctx.layer(node, "elementwise", [node.inputs[0]], function="PRelu", alpha=ctx.const(node, 1, "slope"))
+
+
+@register(*NO_RULE)
+def no_rule(node: Node, ctx: BuildContext) -> Layer:
+    return lenient(node, ctx, single_activation(node, ctx))
+
+
+def lenient(node: Node, ctx: BuildContext, x: str) -> Layer:
+    """A nonlinear elementwise op with no rule: relevance passes through when not strict."""
+    if ctx.strict:
+        raise ctx.unsupported(node, "a nonlinear elementwise op with no relevance rule; "
+                                    "Explainer(strict=False) / --lenient passes relevance through it unchanged")
+    return ctx.layer(node, "elementwise", [x], function=node.op_type, lenient=True)
 
 
 @register("Clip")
@@ -25,4 +46,5 @@ def clip(node: Node, ctx: BuildContext) -> Layer:
 
 @register(*FINAL_OPS)
 def final(node: Node, ctx: BuildContext) -> Layer:
+    """Stripped when it ends the model (see passes.strip_final); a Sigmoid elsewhere is lenient-only."""
     return ctx.layer(node, "final", [single_activation(node, ctx)], function=node.op_type)

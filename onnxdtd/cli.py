@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import onnx
 from PIL import Image
 
 from . import __version__
-from .errors import OnnxdtdError
+from .errors import LenientWarning, OnnxdtdError
 from .explainer import Explainer, Explanation
 from .graph import find_unsupported, load, supported_ops
 from .heatmap import channel_sum, heatmap, overlay
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "list every unsupported operator (exit code 1) if there are any.")
     ins.add_argument("model", metavar="MODEL", help="an .onnx file")
     ins.add_argument("--rules", default="dtd", choices=list(PRESETS), metavar="P", help=presets)
+    _model_options(ins)
     ins.set_defaults(run=_inspect)
 
     exp = sub.add_parser("explain", formatter_class=fmt, epilog=EXAMPLES,
@@ -109,25 +111,48 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--scale", type=_positive_int, metavar="N",
                      help=f"upscale heatmaps N times (default: to about {HEATMAP_SIDE} px)")
     exp.add_argument("-o", "--outdir", default="onnxdtd-out", help="output folder (default: onnxdtd-out)")
+    _model_options(exp)
     exp.set_defaults(run=_explain)
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """--output and --strict/--lenient, shared by both subcommands."""
+    parser.add_argument("--output", metavar="NAME",
+                        help="the output to explain: a graph output's name or index (default: the first float one)")
+    parser.add_argument("--lenient", dest="strict", action="store_false",
+                        help="pass relevance unchanged through nonlinear elementwise ops that have no rule "
+                             "(Tanh, GELU, ...), with a warning; default --strict rejects them")
+    parser.add_argument("--strict", dest="strict", action="store_true", help=argparse.SUPPRESS)
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    """load()/find_unsupported() keyword arguments from --output and --strict/--lenient."""
+    output = args.output
+    return {"strict": args.strict, "output": int(output) if output is not None and output.lstrip("-").isdigit()
+            else output}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `onnxdtd` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (UsageError, OnnxdtdError, OSError) as exc:
-        print(f"onnxdtd: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LenientWarning)
+        try:
+            return args.run(args)
+        except (UsageError, OnnxdtdError, OSError) as exc:
+            print(f"onnxdtd: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
+        finally:
+            for warning in caught:
+                print(f"onnxdtd: warning: {warning.message}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- inspect
 
 def _inspect(args: argparse.Namespace) -> int:
     """Print the layer table with rules, or every unsupported operator (exit code 1)."""
-    problems = find_unsupported(args.model)
+    problems = find_unsupported(args.model, **_load_options(args))
     if problems:
         print(f"model {args.model}: inputs {_declared_inputs(args.model)}")
         print(f"{len(problems)} unsupported operator(s):")
@@ -135,7 +160,7 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"  {e.op_type:<16} node {e.node!r}: {e.reason}")
         print(f"supported op types: {', '.join(sorted(supported_ops()))}")
         return 1
-    model = load(args.model)
+    model = load(args.model, **_load_options(args))
     rules = resolve(args.rules).assign(model)
     print(model.table(rules=["" if r is None else repr(r) for r in rules]))
     print(f"rules: {args.rules}")
@@ -163,7 +188,10 @@ def _explain(args: argparse.Namespace) -> int:
     for path in paths:
         if not path.is_file():
             raise UsageError(f"no such input file: {path}")
-    model = load(args.model)
+    model = load(args.model, **_load_options(args))
+    if len(model.inputs) > 1:
+        raise UsageError(f"the model has {len(model.inputs)} inputs {list(model.inputs)}; explain it from "
+                         "Python with a dict of arrays by input name")
     shape = model.input_shape or ()
     mean, std = _per_channel(args.mean, shape, "--mean", 0.0), _per_channel(args.std, shape, "--std", 1.0)
     if np.any(std <= 0):

@@ -11,11 +11,14 @@ OPSET = 17
 
 
 def model(nodes: Sequence[onnx.NodeProto], inits: dict[str, np.ndarray], in_shape: Sequence[int],
-          output: str = "y", opset: int = OPSET, in_name: str = "x") -> onnx.ModelProto:
-    """A model with input `in_name` of shape ('N', *in_shape) and one float output `output`."""
+          output: str = "y", opset: int = OPSET, in_name: str = "x",
+          more_inputs: dict[str, Sequence[int]] | None = None) -> onnx.ModelProto:
+    """A model with input `in_name` of shape ('N', *in_shape) (and `more_inputs` by name) and one float
+    output `output`."""
+    shapes = {in_name: in_shape, **(more_inputs or {})}
     graph = helper.make_graph(
         list(nodes), "test",
-        [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, ["N", *in_shape])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *shape]) for name, shape in shapes.items()],
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
         [numpy_helper.from_array(np.asarray(v, np.float32) if np.asarray(v).dtype.kind == "f" else np.asarray(v), k)
          for k, v in inits.items()])

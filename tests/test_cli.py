@@ -135,6 +135,29 @@ def test_inspect_lists_every_unsupported_op(capsys, tmp_path):
     assert_user_error(code, err, "Erf")
 
 
+def test_lenient_and_output_options(capsys, tmp_path):
+    """--lenient passes relevance through ops without a rule (one warning line); --output picks the output."""
+    proto = model([node("Conv", ["x", "w"], "c"), node("Tanh", ["c"], "t"), node("Flatten", ["t"], "f"),
+                   node("Gemm", ["f", "w2"], "y"), node("Gemm", ["f", "w3"], "z")],
+                  {"w": np.ones((2, 1, 3, 3)), "w2": np.ones((8, 3)), "w3": np.ones((8, 5))}, (1, 4, 4))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 5]))
+    path = tmp_path / "tanh.onnx"
+    onnx.save(proto, str(path))
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.random.default_rng(0).uniform(size=(1, 1, 4, 4)).astype(np.float32))
+    code, _, err = run_cli(capsys, "explain", path, sample, "-o", tmp_path / "strict")
+    assert_user_error(code, err, "Tanh", "--lenient")
+    for output, classes in (("0", 3), ("z", 5)):
+        code, out, err = run_cli(capsys, "explain", path, sample, "--lenient", "--output", output,
+                                 "--rules", "zplus", "-o", tmp_path / output)
+        assert code == 0, err
+        assert err.strip().splitlines() == [err.strip()] and err.startswith("onnxdtd: warning: ") and "Tanh" in err
+        summary = json.loads((tmp_path / output / "summary.json").read_text())
+        assert summary["inputs"][0]["prediction"] < classes and abs(summary["inputs"][0]["conservation"] - 1) < 1e-4
+    code, out, _ = run_cli(capsys, "inspect", path, "--lenient", "--output", "z")
+    assert code == 0 and "Tanh" in out and "'z' (N, 5)" in out
+
+
 def test_user_errors_exit_2_in_one_line(capsys, tmp_path, inputs):
     out = tmp_path / "o"
     corrupt = tmp_path / "corrupt.onnx"

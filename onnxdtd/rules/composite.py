@@ -25,8 +25,8 @@ def _kinds(key: str) -> frozenset[str]:
 
 class Composite:
     """Maps layers to rules. Precedence: `indices`, then `names` (exact or glob pattern), then
-    `first` (the first layer of a kind in `first_kinds`: dense or conv unless narrowed, as zennit's
-    EpsilonGammaBox narrows it to conv), then `kinds` ('dense', 'conv', 'linear', 'avgpool',
+    `first` (the first layers of a kind in `first_kinds` on each input: dense or conv unless narrowed,
+    as zennit's EpsilonGammaBox narrows it to conv), then `kinds` ('dense', 'conv', 'linear', 'avgpool',
     'reduce', 'pooling'). Pooling layers default to the z-rule (Norm)."""
 
     def __init__(self, kinds: Mapping[str, Rule] | None = None, first: Rule | None = None,
@@ -38,11 +38,20 @@ class Composite:
         for key in self.kinds:
             _kinds(key)
 
-    def first_layer(self, model: LayerList) -> Layer | None:
-        """The layer that gets the `first` rule."""
-        return next((layer for layer in model if layer.kind in self.first_kinds), None)
+    def first_layers(self, model: LayerList) -> set[int]:
+        """Indices of the layers that get the `first` rule: those of `first_kinds` that read an input
+        domain (a model input through no other linear layer). For a chain that is the first linear
+        layer; every input branch, and every parallel branch on an input, has its own."""
+        domain, first = set(model.inputs), set()
+        for layer in model:
+            reads = any(name in domain for name in layer.inputs)
+            if reads and layer.kind in self.first_kinds:
+                first.add(layer.index)
+            elif reads and layer.kind not in LINEAR_KINDS:
+                domain.update(layer.outputs)
+        return first
 
-    def rule_for(self, layer: Layer, first: Layer | None) -> Rule | None:
+    def rule_for(self, layer: Layer, first: set[int]) -> Rule | None:
         """The rule of `layer`, or None for layers that no rule applies to (routing, activations)."""
         if layer.kind not in RULED_KINDS:
             return None
@@ -51,7 +60,7 @@ class Composite:
         for pattern, rule in self.names.items():
             if fnmatchcase(layer.name, pattern):
                 return rule
-        if self.first is not None and layer is first:
+        if self.first is not None and layer.index in first:
             return self.first
         for key, rule in self.kinds.items():
             if layer.kind in _kinds(key):
@@ -60,7 +69,7 @@ class Composite:
 
     def assign(self, model: LayerList) -> list[Rule | None]:
         """One rule per layer; raises when a dense/conv layer is left without one."""
-        first = self.first_layer(model)
+        first = self.first_layers(model)
         rules = [self.rule_for(layer, first) for layer in model]
         missing = [f"{layer.index}:{layer.name} ({layer.kind})" for layer, rule in zip(model, rules)
                    if rule is None and layer.kind in LINEAR_KINDS]

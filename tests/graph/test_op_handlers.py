@@ -27,11 +27,14 @@ GRAPHS = {
     "conv1d-relu-globalavg": lambda: graph(
         [node("Conv", ["x", "w1"], "c", pads=[1, 1], dilations=[2], strides=[1]), node("Relu", ["c"], "r"),
          node("GlobalAveragePool", ["r"], "g")], {"w1": w(4, 2, 3)}, (2, 10), 4),
-    "conv-same-leakyrelu-overlapping-maxpool": lambda: graph(
+    "conv-same-prelu-overlapping-maxpool": lambda: graph(
         [node("Conv", ["x", "w1"], "c", auto_pad="SAME_UPPER", strides=[2, 2]),
-         node("LeakyRelu", ["c"], "r", alpha=0.1),
+         node("PRelu", ["c", "slope"], "r"),
          node("MaxPool", ["r"], "p", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
-        {"w1": w(3, 2, 3, 3)}, (2, 9, 9), 3 * 3 * 3, op="MatMul"),
+        {"w1": w(3, 2, 3, 3), "slope": np.array([0.1, 0.2, 0.3]).reshape(3, 1, 1)}, (2, 9, 9), 3 * 3 * 3,
+        op="MatMul"),
+    "leakyrelu": lambda: graph([node("Conv", ["x", "w1"], "c"), node("LeakyRelu", ["c"], "r", alpha=0.1)],
+                               {"w1": w(2, 2, 3, 3)}, (2, 5, 5), 2 * 3 * 3),
     "maxpool-ceil-mode-dilated": lambda: graph(
         [node("Conv", ["x", "w1"], "c", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"),
          node("MaxPool", ["r"], "p", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, dilations=[1, 2])],

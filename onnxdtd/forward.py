@@ -12,11 +12,14 @@ from .errors import InputError, ModelLoadError
 
 
 class Forward:
-    """An onnxruntime session of the original model that also returns the named intermediate tensors."""
+    """An onnxruntime session of the original model that also returns the named intermediate tensors,
+    and the binary logits (-z, z) that canonicalization put in place of a sigmoid head."""
 
     def __init__(self, proto: onnx.ModelProto, inputs: Iterable[str], tensors: Iterable[str],
-                 providers: Sequence | None = None):
+                 providers: Sequence | None = None, binary_logits: dict[str, str] | None = None):
         inputs = set(inputs)
+        self.binary_logits = dict(binary_logits or {})
+        tensors = [t for t in [*tensors, *self.binary_logits.values()] if t not in self.binary_logits]
         model = onnx.ModelProto()
         model.CopyFrom(proto)
         known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
@@ -44,4 +47,7 @@ class Forward:
             shapes = {name: x.shape for name, x in feeds.items()}
             raise InputError(f"onnxruntime rejected the input of shape(s) {shapes}: "
                              f"{str(exc).strip().splitlines()[-1]}") from exc
-        return {**feeds, **dict(zip(self.names, values))}
+        acts = {**feeds, **dict(zip(self.names, values))}
+        for name, z in self.binary_logits.items():
+            acts[name] = np.concatenate([-acts[z], acts[z]], axis=-1)
+        return acts

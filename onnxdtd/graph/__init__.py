@@ -6,7 +6,7 @@ from . import ops  # noqa: F401  (registers the op handlers)
 from .ir import Graph
 from .layer import Layer, LayerList
 from .loader import ModelSource, read_model
-from .passes import drop_no_ops, drop_non_float, fold_affine, fold_constants, model_output, prune, strip_final
+from .passes import binary_head, drop_no_ops, drop_non_float, fold_affine, fold_constants, model_output, prune, strip_final
 from .registry import HINTS, BuildContext, handler_for, supported_ops
 
 __all__ = ["Layer", "LayerList", "load", "find_unsupported", "supported_ops"]
@@ -51,9 +51,10 @@ def load(model: ModelSource, strict: bool = True, output: str | int | None = Non
     if others or not inputs:
         raise ModelLoadError(f"every model input the output depends on must be floating-point; got "
                              f"{list(inputs) or 'none'} (not float: {others})")
-    layers, output, stripped = strip_final(_convert(g, strict), output, strict)
-    layers = fold_affine(layers, output)
-    return LayerList(layers, inputs, output, g.shapes.get(output), g.proto, stripped)
+    layers, output, derived = binary_head(fold_affine(_convert(g, strict), output), output)
+    layers, output, stripped = strip_final(layers, output, strict)
+    return LayerList(layers, inputs, output, g.shapes.get(output), g.proto,
+                     "Sigmoid" if derived else stripped, derived)
 
 
 def find_unsupported(model: ModelSource, strict: bool = True,
@@ -61,9 +62,6 @@ def find_unsupported(model: ModelSource, strict: bool = True,
     """Every node of `model` that onnxdtd cannot explain (empty when the whole graph is supported)."""
     g, output = _graph(model, output)
     errors: list[UnsupportedOperatorError] = []
-    layers = _convert(g, strict, errors)
-    try:
-        strip_final(layers, output, strict)
-    except UnsupportedOperatorError as exc:
-        errors.append(exc)
+    layers, output, _ = binary_head(fold_affine(_convert(g, strict, errors), output), output)
+    strip_final(layers, output, strict, errors)
     return errors

@@ -58,6 +58,7 @@ class LayerList:
     output_shape: Shape
     proto: onnx.ModelProto
     stripped: str | None = None  # op type of a final Softmax/LogSoftmax/Sigmoid that was removed
+    binary_logits: dict[str, str] = field(default_factory=dict)  # tensor (-z, z) computed from tensor z
 
     def __post_init__(self) -> None:
         for i, layer in enumerate(self.layers):

@@ -70,9 +70,10 @@ def prune(g: Graph, output: str) -> None:
     g.nodes = kept[::-1]
 
 
-def strip_final(layers: list[Layer], output: str, strict: bool = True) -> tuple[list[Layer], str, str | None]:
+def strip_final(layers: list[Layer], output: str, strict: bool = True,
+                errors: list[UnsupportedOperatorError] | None = None) -> tuple[list[Layer], str, str | None]:
     """Remove a trailing Softmax/LogSoftmax/Sigmoid so that the logit is explained; a Sigmoid elsewhere
-    passes relevance through in lenient mode."""
+    passes relevance through in lenient mode. Misplaced ones raise, or are collected into `errors`."""
     stripped = None
     while layers and layers[-1].kind == "final" and layers[-1].output == output:
         stripped = layers[-1].op_type
@@ -82,13 +83,43 @@ def strip_final(layers: list[Layer], output: str, strict: bool = True) -> tuple[
         if layer.kind != "final":
             continue
         if strict or layer.op_type != "Sigmoid":
-            raise UnsupportedOperatorError(layer.op_type, layer.name, "only supported as the model's last op "
-                                           "(it is stripped and the logit is explained)"
-                                           + ("; Explainer(strict=False) passes relevance through a Sigmoid"
-                                              if layer.op_type == "Sigmoid" else ""))
+            exc = UnsupportedOperatorError(layer.op_type, layer.name, "only supported as the model's last op (it "
+                                           "is stripped and the logit is explained)" + (
+                                               "; Explainer(strict=False) passes relevance through a Sigmoid"
+                                               if layer.op_type == "Sigmoid" else ""))
+            if errors is None:
+                raise exc
+            errors.append(exc)
         layer.kind = "elementwise"
         layer.attrs["lenient"] = True
     return layers, output, stripped
+
+
+def binary_head(layers: list[Layer], output: str) -> tuple[list[Layer], str, dict[str, str]]:
+    """Concat(1 - Sigmoid(z), Sigmoid(z)) after a one-unit dense layer (scikit-learn's binary classifier)
+    becomes a two-unit dense layer with the logits (-z, z): each class's logit, its sign folded into the
+    weights so that sign-sensitive rules (z⁺, γ, α/β) see that class's own weights. Returns the layers,
+    the new output and {logits tensor: z tensor} for the forward pass to compute the new tensor."""
+    by_output = {layer.output: layer for layer in layers}
+    concat = by_output.get(output)
+    if concat is None or concat.kind != "concat" or len(concat.inputs) != 2:
+        return layers, output, {}
+    minus, sigmoid = (by_output.get(name) for name in concat.inputs)
+    if not (sigmoid is not None and sigmoid.op_type == "Sigmoid" and minus is not None and minus.kind == "affine"
+            and minus.inputs == [sigmoid.output] and np.all(minus.params["scale"] == -1)
+            and np.all(minus.params["shift"] == 1)):
+        return layers, output, {}
+    dense = by_output.get(sigmoid.inputs[0])
+    if dense is None or dense.kind != "dense" or dense.params["weight"].shape[0] != 1:
+        return layers, output, {}
+    weight, bias = dense.params["weight"], dense.params.get("bias")
+    logits = f"{dense.output}/binary_logits"
+    dense.params = {"weight": np.concatenate([-weight, weight]),
+                    "bias": None if bias is None else np.concatenate([-bias, bias])}
+    source, dense.outputs = dense.output, [logits]
+    dense.output_shapes = [concat.output_shapes[0]]
+    dense.op_type += "+Sigmoid+Sub+Concat"
+    return [layer for layer in layers if layer not in (sigmoid, minus, concat)], logits, {logits: source}
 
 
 def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:

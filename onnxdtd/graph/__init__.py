@@ -6,7 +6,7 @@ from . import ops  # noqa: F401  (registers the op handlers)
 from .ir import Graph
 from .layer import Layer, LayerList
 from .loader import ModelSource, read_model
-from .passes import binary_head, drop_no_ops, drop_non_float, fold_affine, fold_constants, model_output, prune, strip_final
+from .passes import binary_head, drop_no_ops, fold_batchnorm_right, drop_non_float, fold_affine, fold_constants, model_output, prune, strip_final
 from .registry import HINTS, BuildContext, handler_for, supported_ops
 
 __all__ = ["Layer", "LayerList", "load", "find_unsupported", "supported_ops"]
@@ -51,7 +51,8 @@ def load(model: ModelSource, strict: bool = True, output: str | int | None = Non
     if others or not inputs:
         raise ModelLoadError(f"every model input the output depends on must be floating-point; got "
                              f"{list(inputs) or 'none'} (not float: {others})")
-    layers, output, derived = binary_head(fold_affine(_convert(g, strict), output), output)
+    layers = fold_batchnorm_right(fold_affine(_convert(g, strict), output), output)
+    layers, output, derived = binary_head(layers, output)
     layers, output, stripped = strip_final(layers, output, strict)
     return LayerList(layers, inputs, output, g.shapes.get(output), g.proto,
                      "Sigmoid" if derived else stripped, derived)

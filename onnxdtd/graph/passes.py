@@ -175,6 +175,50 @@ def _merge(linear: Layer, affine: Layer) -> bool:
     return True
 
 
+def fold_batchnorm_right(layers: list[Layer], output: str) -> list[Layer]:
+    """Fold a BatchNormalization that stands before a dense layer, or before a conv without padding
+    (where the fold is exact), into that layer: W' = W·scale over input channels, b' = b + W·shift.
+    Other standalone BatchNorms stay per-channel affine layers (relevance passes through them)."""
+    readers: dict[str, list[Layer]] = {}
+    for layer in layers:
+        for name in layer.inputs:
+            readers.setdefault(name, []).append(layer)
+    folded = []
+    for layer in layers:
+        after = readers.get(layer.output, [])
+        if (layer.kind == "affine" and layer.op_type == "BatchNormalization" and len(after) == 1
+                and layer.output != output and _merge_right(layer, after[0])):
+            folded.append(layer)
+    return [layer for layer in layers if layer not in folded]
+
+
+def _merge_right(affine: Layer, linear: Layer) -> bool:
+    """Merge `affine` into the input side of `linear` in place; False where that is not exact."""
+    weight = linear.params.get("weight") if linear.kind in FOLDS_INTO else None
+    if weight is None:
+        return False
+    if linear.kind == "conv" and (linear.attrs["group"] != 1 or any(linear.attrs["pads"])
+                                  or linear.attrs["auto_pad"] not in ("NOTSET", "VALID")):
+        return False
+    shape = affine.input_shapes[0]
+    rank = len(shape) if shape is not None else weight.ndim
+    axis = 1 if linear.kind == "conv" else -1
+    scale = _per_channel(affine.params["scale"], rank, axis, weight.shape[1])
+    shift = _per_channel(affine.params["shift"], rank, axis, weight.shape[1])
+    if scale is None or shift is None:
+        return False
+    w = weight.astype(np.float64)
+    spread = (1, -1) + (1,) * (w.ndim - 2)
+    bias = linear.params.get("bias")
+    bias = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
+    linear.params["weight"] = w * scale.reshape(spread)
+    linear.params["bias"] = bias + (w * shift.reshape(spread)).reshape(w.shape[0], -1).sum(axis=1)
+    linear.inputs = list(affine.inputs)
+    linear.input_shapes = list(affine.input_shapes)
+    linear.op_type = f"{affine.op_type}+{linear.op_type}"
+    return True
+
+
 def model_output(g: Graph, output: str | int | None = None) -> str:
     """The tensor that is explained: `output` (a graph output's index, or any tensor's name), or by
     default the first floating-point graph output."""

@@ -130,3 +130,45 @@ def test_keep_returns_relevance_of_every_tensor_and_each_layer_conserves():
     for name, rel in res.intermediate.items():
         np.testing.assert_allclose(rel.reshape(2, -1).sum(1), logits, rtol=1e-4, err_msg=name)
     np.testing.assert_array_equal(res.intermediate["x"], res.relevance)
+
+
+def bn_before(linear_nodes, linear_inits, relu=False, in_shape=(2, 4, 4)):
+    """x → BatchNormalization [→ Relu] → linear nodes → y, with non-trivial statistics."""
+    rng = np.random.default_rng(8)
+    c = in_shape[0]
+    stats = {"g": rng.uniform(0.5, 2, c), "be": rng.normal(size=c), "mu": rng.normal(size=c),
+             "var": rng.uniform(0.5, 2, c)}
+    nodes = [node("BatchNormalization", ["x", "g", "be", "mu", "var"], "bn")]
+    if relu:
+        nodes.append(node("Relu", ["bn"], "r"))
+    return model([*nodes, *linear_nodes], {**stats, **linear_inits}, in_shape)
+
+
+@pytest.mark.parametrize("relu, pads, folded", [(False, [0, 0, 0, 0], True), (False, [1, 1, 1, 1], False),
+                                                (True, [0, 0, 0, 0], False)])
+def test_batchnorm_before_conv_is_folded_right_only_where_exact(relu, pads, folded):
+    rng = np.random.default_rng(9)
+    src = "r" if relu else "bn"
+    proto = bn_before([node("Conv", [src, "w", "b"], "c", pads=pads), node("Flatten", ["c"], "y")],
+                      {"w": rng.normal(size=(3, 2, 3, 3)), "b": rng.normal(size=3)}, relu)
+    m = onnxdtd.load(proto)
+    assert (m[0].op_type == "BatchNormalization+Conv") == folded
+    assert any(layer.kind == "affine" for layer in m) != folded
+    x = RNG.normal(size=(2, 2, 4, 4)).astype(np.float32)
+    res = onnxdtd.Explainer(proto, rules="lrp0", dtype=np.float64).explain(x, keep=True)
+    np.testing.assert_allclose(res.output, run(proto, x).reshape(2, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_before_dense_is_folded_right():
+    rng = np.random.default_rng(10)
+    proto = bn_before([node("Gemm", ["bn", "w", "b"], "y")], {"w": rng.normal(size=(5, 3)), "b": rng.normal(size=3)},
+                      in_shape=(5,))
+    m = onnxdtd.load(proto)
+    assert [layer.op_type for layer in m] == ["BatchNormalization+Gemm"]
+    x = RNG.normal(size=(3, 5)).astype(np.float32)
+    ex = onnxdtd.Explainer(proto, rules="epsilon", dtype=np.float64)
+    res = ex.explain(x)
+    np.testing.assert_allclose(res.output, run(proto, x), rtol=1e-5, atol=1e-6)
+    layer = m[0]  # folded: the layer computes the model on the raw input
+    np.testing.assert_allclose(x.astype(np.float64) @ layer.params["weight"].T + layer.params["bias"], run(proto, x),
+                               rtol=1e-5, atol=1e-5)

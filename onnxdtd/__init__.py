@@ -10,6 +10,7 @@ from .graph import LayerList, find_unsupported, load, supported_ops
 
 __version__ = "0.1.0"
 
-__all__ = ["BoundsError", "ConfigError", "Explainer", "Explanation", "InputError", "LayerList", "LenientWarning", "ModelLoadError",
+__all__ = ["BoundsError", "ConfigError", "Explainer", "Explanation", "InputError", "LayerList", "LenientWarning",
+           "ModelLoadError",
            "OnnxdtdError", "TargetError", "UnsupportedOperatorError", "available_backends", "find_unsupported",
            "load", "rules", "supported_ops"]

@@ -43,7 +43,8 @@ MAPS: dict[str, Callable[[Layer, np.ndarray, np.ndarray, tuple], Bounds]] = {
     "reshape": lambda l, lo, hi, shape: (lo.reshape(shape), hi.reshape(shape)),
     "transpose": lambda l, lo, hi, _: (lo.transpose(l.attrs["perm"]), hi.transpose(l.attrs["perm"])),
     "pad": lambda l, lo, hi, _: (_pad(l, lo), _pad(l, hi)),
-    "index": lambda l, lo, hi, _: (lo.reshape(-1)[source_index(l, lo.shape)], hi.reshape(-1)[source_index(l, hi.shape)]),
+    "index": lambda l, lo, hi, _: (lo.reshape(-1)[source_index(l, lo.shape)],
+                                   hi.reshape(-1)[source_index(l, hi.shape)]),
 }
 
 
@@ -57,7 +58,8 @@ def check_bounds(low, high, sample_shape: tuple[int, ...]) -> Bounds:
             out.append(np.broadcast_to(arr, full).copy())
         except ValueError:
             raise BoundsError(f"{name} of shape {arr.shape} does not broadcast to one sample of shape "
-                              f"{full} (use a scalar, a per-channel array of shape (1, C, 1, ...) or the full shape)") from None
+                              f"{full} (use a scalar, a per-channel array of shape (1, C, 1, ...) or the "
+                              "full shape)") from None
     if np.any(out[0] > out[1]):
         raise BoundsError("low must not exceed high anywhere")
     return out[0], out[1]

@@ -6,7 +6,8 @@ from . import ops  # noqa: F401  (registers the op handlers)
 from .ir import Graph
 from .layer import Layer, LayerList
 from .loader import ModelSource, read_model
-from .passes import binary_head, drop_no_ops, fold_batchnorm_right, drop_non_float, fold_affine, fold_constants, model_output, prune, strip_final
+from .passes import (binary_head, drop_no_ops, drop_non_float, fold_affine, fold_batchnorm_right, fold_constants,
+                     model_output, prune, strip_final)
 from .registry import HINTS, BuildContext, handler_for, supported_ops
 
 __all__ = ["Layer", "LayerList", "load", "find_unsupported", "supported_ops"]

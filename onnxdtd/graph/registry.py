@@ -12,14 +12,17 @@ from .layer import Layer
 
 Handler = Callable[[Node, "BuildContext"], Layer]
 _HANDLERS: dict[str, list[tuple[int, Handler]]] = {}
+NOTES: dict[str, str] = {}  # op type -> how relevance goes through it, and its conditions
 
 
-def register(*op_types: str, since: int = 1) -> Callable[[Handler], Handler]:
-    """Register a handler for `op_types` from opset `since` on (a later `since` wins for newer opsets)."""
+def register(*op_types: str, note: str, since: int = 1) -> Callable[[Handler], Handler]:
+    """Register a handler for `op_types` from opset `since` on (a later `since` wins for newer opsets);
+    `note` says how relevance goes through the op, for the support table."""
     def wrap(fn: Handler) -> Handler:
         for op in op_types:
             _HANDLERS.setdefault(op, []).append((since, fn))
             _HANDLERS[op].sort(key=lambda entry: entry[0])
+            NOTES[op] = note
         return fn
     return wrap
 

@@ -7,7 +7,7 @@ from .base import STABILIZER, Group, Rule, Term
 
 
 class ZBox(Rule):
-    """R_i = x_i c_i(W) − l_i c_i(W⁺) − h_i c_i(W⁻) with c(M) = Mᵀ(R / s(z)), z = Σ xw − Σ lw⁺ − Σ hw⁻.
+    """R_i = x_i c_i(W) − l_i c_i(W⁺) − h_i c_i(W⁻), c(M) = Mᵀ(R / s(z)), z = Σ xw − Σ lw⁺ − Σ hw⁻.
 
     Without `low`/`high` the Explainer's bounds are used, mapped into this layer's input space."""
 

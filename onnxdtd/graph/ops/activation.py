@@ -11,18 +11,18 @@ NO_RULE = ("Tanh", "Erf", "Gelu", "Elu", "Selu", "Celu", "Softplus", "Softsign",
            "Mish", "Exp", "Log", "Abs", "Neg", "Sqrt", "Reciprocal", "Sin", "Cos", "ThresholdedRelu")
 
 
-@register("Relu", "LeakyRelu")
+@register("Relu", "LeakyRelu", note='elementwise: relevance passes unchanged')
 def relu(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "elementwise", [single_activation(node, ctx)], function=node.op_type,
                      alpha=node.attr("alpha", 0.01 if node.op_type == "LeakyRelu" else 0.0))
 
 
-@register("PRelu")
+@register("PRelu", note='elementwise (constant slope): relevance passes unchanged')
 def prelu(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "elementwise", [node.inputs[0]], function="PRelu", alpha=ctx.const(node, 1, "slope"))
 
 
-@register(*NO_RULE)
+@register(*NO_RULE, note='no relevance rule: an error, or passed through unchanged with strict=False (--lenient)')
 def no_rule(node: Node, ctx: BuildContext) -> Layer:
     return lenient(node, ctx, single_activation(node, ctx))
 
@@ -35,7 +35,7 @@ def lenient(node: Node, ctx: BuildContext, x: str) -> Layer:
     return ctx.layer(node, "elementwise", [x], function=node.op_type, lenient=True)
 
 
-@register("Clip")
+@register("Clip", note='elementwise (ReLU6 and friends): relevance passes unchanged')
 def clip(node: Node, ctx: BuildContext) -> Layer:
     low, high = node.attr("min"), node.attr("max")
     if ctx.opset >= 11:
@@ -44,7 +44,9 @@ def clip(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "elementwise", [node.inputs[0]], function="Clip", min=low, max=high)
 
 
-@register(*FINAL_OPS)
+@register(*FINAL_OPS,
+          note="stripped as the last op, so the logit is explained; a Sigmoid inside the graph only with "
+               "strict=False; the binary head of scikit-learn classifiers becomes the logits (-z, z)")
 def final(node: Node, ctx: BuildContext) -> Layer:
     """Stripped when it ends the model (see passes.strip_final); a Sigmoid elsewhere is lenient-only."""
     return ctx.layer(node, "final", [single_activation(node, ctx)], function=node.op_type)

@@ -24,7 +24,8 @@ def _split(node: Node, ctx: BuildContext) -> tuple[str, np.ndarray, bool]:
     return acts[0], ctx.graph.constants[node.inputs[0 if first else 1]], first
 
 
-@register("Add", "Sum")
+@register("Add", "Sum",
+          note="activations: z-rule split R_k = x_k R / s(Σx); a constant: a bias, folded into the layer before")
 def add(node: Node, ctx: BuildContext) -> Layer:
     acts = ctx.activations(node)
     if len(acts) >= 2 and len(acts) == len(node.inputs):
@@ -33,19 +34,25 @@ def add(node: Node, ctx: BuildContext) -> Layer:
     return affine(ctx, node, x, 1.0, c)
 
 
-@register("Sub")
+@register("Sub",
+          note="by a constant: folded into the linear layer before, else passes relevance (z^B bounds are mapped "
+               "through)")
 def sub(node: Node, ctx: BuildContext) -> Layer:
     x, c, first = _split(node, ctx)
     return affine(ctx, node, x, -1.0, c) if first else affine(ctx, node, x, 1.0, -c)
 
 
-@register("Mul")
+@register("Mul",
+          note="by a constant: folded into the linear layer before, else passes relevance (z^B bounds are mapped "
+               "through)")
 def mul(node: Node, ctx: BuildContext) -> Layer:
     x, c, _ = _split(node, ctx)
     return affine(ctx, node, x, c, 0.0)
 
 
-@register("Div")
+@register("Div",
+          note="by a constant: folded into the linear layer before, else passes relevance (z^B bounds are mapped "
+               "through)")
 def div(node: Node, ctx: BuildContext) -> Layer:
     x, c, first = _split(node, ctx)
     if first:

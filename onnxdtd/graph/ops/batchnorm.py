@@ -9,7 +9,9 @@ from ..registry import BuildContext, register
 from .arith import affine
 
 
-@register("BatchNormalization")
+@register("BatchNormalization",
+          note="inference mode: folded into the Conv/Gemm before it, or the dense layer / unpadded conv after it; "
+               "else a per-channel affine layer that passes relevance")
 def batchnorm(node: Node, ctx: BuildContext) -> Layer:
     if node.attr("training_mode", 0):
         raise ctx.unsupported(node, "training_mode=1 (export the model in eval mode)")

@@ -6,7 +6,8 @@ from ..layer import Layer
 from ..registry import BuildContext, register
 
 
-@register("Conv")
+@register("Conv",
+          note="conv layer under any rule: 1-D, 2-D, N-D, strides, pads, auto_pad, dilations, groups (depthwise)")
 def conv(node: Node, ctx: BuildContext) -> Layer:
     if ctx.is_const(node.inputs[0]):
         raise ctx.unsupported(node, "the data input (input 0) must be an activation")
@@ -23,7 +24,8 @@ def conv(node: Node, ctx: BuildContext) -> Layer:
                      auto_pad=node.attr("auto_pad", "NOTSET"), group=int(node.attr("group", 1)))
 
 
-@register("ConvTranspose")
+@register("ConvTranspose",
+          note="linear layer under any rule: strides, explicit pads, output_padding, dilations, groups")
 def conv_transpose(node: Node, ctx: BuildContext) -> Layer:
     if ctx.is_const(node.inputs[0]):
         raise ctx.unsupported(node, "the data input (input 0) must be an activation")

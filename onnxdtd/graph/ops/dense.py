@@ -8,7 +8,7 @@ from ..layer import Layer
 from ..registry import BuildContext, register
 
 
-@register("Gemm")
+@register("Gemm", note='dense layer under any rule: transA, transB, alpha, beta; a following bias Add is folded in')
 def gemm(node: Node, ctx: BuildContext) -> Layer:
     if ctx.is_const(node.inputs[0]):
         raise ctx.unsupported(node, "input A must be an activation and input B a constant")
@@ -24,7 +24,7 @@ def gemm(node: Node, ctx: BuildContext) -> Layer:
                      axis=0 if node.attr("transA", 0) else -1)
 
 
-@register("MatMul")
+@register("MatMul", note='dense layer under any rule when the right operand is a constant matrix')
 def matmul(node: Node, ctx: BuildContext) -> Layer:
     b = ctx.const(node, 1, "right operand B")
     if ctx.is_const(node.inputs[0]) or b.ndim != 2:

@@ -12,7 +12,9 @@ from ..registry import BuildContext, register, single_activation
 NEAREST_ONLY = ("Resize", "Upsample")
 
 
-@register("Slice", "Gather", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile", "Expand")
+@register("Slice", "Gather", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile", "Expand",
+          note="copies values: relevance routed back like the gradient; Gather with constant indices, "
+               "Resize/Upsample in nearest mode")
 def index(node: Node, ctx: BuildContext) -> Layer:
     x = single_activation(node, ctx)
     if node.inputs[0] != x:

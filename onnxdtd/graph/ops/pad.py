@@ -6,7 +6,7 @@ from ..layer import Layer
 from ..registry import BuildContext, register
 
 
-@register("Pad")
+@register("Pad", note='constant mode: relevance routed back like the gradient (padding gets none)')
 def pad(node: Node, ctx: BuildContext) -> Layer:
     mode = node.attr("mode", "constant")
     if mode != "constant":

@@ -15,23 +15,26 @@ def _window(node: Node) -> dict:
                 ceil_mode=int(node.attr("ceil_mode", 0)))
 
 
-@register("MaxPool")
+@register("MaxPool",
+          note='maxpool="winner" routes relevance to the maximum, "proportional" splits it by the z-rule; pads, '
+               "strides, dilations, ceil_mode")
 def maxpool(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "maxpool", [single_activation(node, ctx)], **_window(node))
 
 
-@register("AveragePool")
+@register("AveragePool",
+          note="linear with unit weights: the z-rule (Norm) by default, any rule; count_include_pad, ceil_mode")
 def avgpool(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "avgpool", [single_activation(node, ctx)], **_window(node),
                      count_include_pad=int(node.attr("count_include_pad", 0)))
 
 
-@register("GlobalMaxPool")
+@register("GlobalMaxPool", note='as MaxPool over the whole spatial extent')
 def global_maxpool(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "maxpool", [single_activation(node, ctx)], kernel=None)
 
 
-@register("GlobalAveragePool")
+@register("GlobalAveragePool", note='as ReduceMean over the spatial axes')
 def global_avgpool(node: Node, ctx: BuildContext) -> Layer:
     x = single_activation(node, ctx)
     return ctx.layer(node, "reduce", [x], axes=tuple(range(2, ctx.rank(node, x))), keepdims=1, mean=True)

@@ -9,7 +9,8 @@ from ..registry import BuildContext, register, single_activation
 AXES_AS_INPUT = {"ReduceSum": 13, "ReduceMean": 18}
 
 
-@register("ReduceMean", "ReduceSum")
+@register("ReduceMean", "ReduceSum",
+          note="linear with unit weights: the z-rule (Norm) by default, any rule; axes as attribute or input")
 def reduce(node: Node, ctx: BuildContext) -> Layer:
     x = single_activation(node, ctx)
     rank = ctx.rank(node, x)

@@ -6,19 +6,19 @@ from ..layer import Layer
 from ..registry import BuildContext, register, single_activation
 
 
-@register("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+@register("Flatten", "Reshape", "Squeeze", "Unsqueeze", note='relevance reshaped back like the gradient')
 def reshape(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "reshape", [single_activation(node, ctx)])
 
 
-@register("Transpose")
+@register("Transpose", note='relevance transposed back like the gradient')
 def transpose(node: Node, ctx: BuildContext) -> Layer:
     x = single_activation(node, ctx)
     perm = node.attr("perm") or list(reversed(range(ctx.rank(node, x))))
     return ctx.layer(node, "transpose", [x], perm=tuple(int(p) for p in perm))
 
 
-@register("Concat")
+@register("Concat", note='relevance split back like the gradient')
 def concat(node: Node, ctx: BuildContext) -> Layer:
     acts = ctx.activations(node)
     if len(acts) != len(node.inputs):
@@ -29,7 +29,7 @@ def concat(node: Node, ctx: BuildContext) -> Layer:
     return ctx.layer(node, "concat", acts, axis=axis)
 
 
-@register("Split")
+@register("Split", note='relevance concatenated back like the gradient')
 def split(node: Node, ctx: BuildContext) -> Layer:
     x = single_activation(node, ctx)
     axis = int(node.attr("axis", 0)) % ctx.rank(node, x)

@@ -23,8 +23,11 @@ def _ordered(a: np.ndarray, b: np.ndarray) -> Bounds:
 
 
 def _elementwise(layer: Layer, x: np.ndarray) -> np.ndarray:
-    if layer.attrs["function"] == "Clip":
+    fn = layer.attrs["function"]
+    if fn == "Clip":
         return np.clip(x, layer.attrs.get("min"), layer.attrs.get("max"))
+    if fn in ("Max", "Min"):
+        return (np.maximum if fn == "Max" else np.minimum)(x, layer.attrs["bound"])
     return np.where(x >= 0, x, layer.attrs.get("alpha", 0.0) * x)  # Relu, LeakyRelu, PRelu
 
 
@@ -43,6 +46,7 @@ MAPS: dict[str, Callable[[Layer, np.ndarray, np.ndarray, tuple], Bounds]] = {
     "reshape": lambda l, lo, hi, shape: (lo.reshape(shape), hi.reshape(shape)),
     "transpose": lambda l, lo, hi, _: (lo.transpose(l.attrs["perm"]), hi.transpose(l.attrs["perm"])),
     "pad": lambda l, lo, hi, _: (_pad(l, lo), _pad(l, hi)),
+    "broadcast": lambda l, lo, hi, shape: (np.broadcast_to(lo, shape), np.broadcast_to(hi, shape)),
     "index": lambda l, lo, hi, _: (lo.reshape(-1)[source_index(l, lo.shape)],
                                    hi.reshape(-1)[source_index(l, hi.shape)]),
 }
@@ -58,8 +62,8 @@ def check_bounds(low, high, sample_shape: tuple[int, ...]) -> Bounds:
             out.append(np.broadcast_to(arr, full).copy())
         except ValueError:
             raise BoundsError(f"{name} of shape {arr.shape} does not broadcast to one sample of shape "
-                              f"{full} (use a scalar, a per-channel array of shape (1, C, 1, ...) or the "
-                              "full shape)") from None
+                              f"{full} (use a scalar, per-channel values shaped to broadcast over one sample, "
+                              "or the full shape)") from None
     if np.any(out[0] > out[1]):
         raise BoundsError("low must not exceed high anywhere")
     return out[0], out[1]
@@ -87,4 +91,7 @@ def layer_bounds(model: LayerList, layer: Layer, bounds: dict[str, Bounds],
 
 def _maps(layer: Layer) -> bool:
     """Whether bounds can be pushed through `layer` (monotone elementwise functions only)."""
-    return layer.kind != "elementwise" or layer.attrs.get("function") in ("Relu", "LeakyRelu", "Clip", "PRelu")
+    return layer.kind != "elementwise" or layer.attrs.get("function") in MONOTONE
+
+
+MONOTONE = ("Relu", "LeakyRelu", "Clip", "PRelu", "Max", "Min")

@@ -48,7 +48,7 @@ def _pass(w: Walk, layer: Layer, r: Array) -> list[Array]:
 
 PROPAGATE: dict[str, Callable[[Walk, Layer, Array], list[Array]]] = {
     "dense": _linear, "conv": _linear, "convtranspose": _linear, "avgpool": _linear, "reduce": _linear,
-    "maxpool": _maxpool, "add": _add,
+    "maxpool": _maxpool, "reducemax": _maxpool, "add": _add, "broadcast": _route,
     "concat": _route, "split": _route, "reshape": _route, "transpose": _route, "pad": _route, "index": _route,
     "elementwise": _pass, "affine": _pass,
 }

@@ -146,6 +146,21 @@ class _Reduce:
 OPS = {"dense": _Dense, "conv": _Conv, "convtranspose": _ConvTranspose, "avgpool": _AvgPool, "reduce": _Reduce}
 
 
+def _reduce_max(layer: Layer, a: np.ndarray, relevance: np.ndarray, mode: str) -> np.ndarray:
+    """ReduceMax: winner routing to the first maximum over the reduced axes, or the z-rule over them."""
+    axes = layer.attrs["axes"]
+    kept = tuple(1 if i in axes else d for i, d in enumerate(a.shape))
+    r = relevance.reshape(kept)
+    if mode == "proportional":
+        return a * (r / stabilize(a.sum(axis=axes, keepdims=True), 1e-6))
+    moved = np.moveaxis(a, axes, range(a.ndim - len(axes), a.ndim))
+    flat = moved.reshape(*moved.shape[:a.ndim - len(axes)], -1)
+    winner = np.zeros(flat.shape, a.dtype)
+    np.put_along_axis(winner, flat.argmax(axis=-1)[..., None], 1, axis=-1)
+    winner = np.moveaxis(winner.reshape(moved.shape), range(a.ndim - len(axes), a.ndim), axes)
+    return winner * r
+
+
 def _unbroadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum `x` down to `shape` over the axes that broadcasting expanded."""
     lead = x.ndim - len(shape)
@@ -193,6 +208,8 @@ class NumpyBackend(Backend):
         return result
 
     def maxpool(self, layer: Layer, a, relevance, mode: str):
+        if layer.kind == "reducemax":
+            return _reduce_max(layer, a, relevance, mode)
         win = window(layer, a.shape[2:])
         if mode == "proportional":
             s = relevance / stabilize(_sumpool(_pad(a, win), win), 1e-6)
@@ -220,6 +237,8 @@ class NumpyBackend(Backend):
         if kind == "concat":
             bounds = np.cumsum([s[layer.attrs["axis"]] for s in in_shapes])[:-1]
             return np.split(relevance, bounds, axis=layer.attrs["axis"])
+        if kind == "broadcast":
+            return [_unbroadcast(relevance, in_shapes[0])]
         if kind == "split":
             return [np.concatenate(relevance, axis=layer.attrs["axis"])]
         if kind == "index":

@@ -9,7 +9,7 @@ import onnx
 
 LINEAR_KINDS = frozenset({"dense", "conv", "convtranspose"})
 POOLING_KINDS = frozenset({"avgpool", "reduce"})
-ROUTING_KINDS = frozenset({"concat", "split", "reshape", "transpose", "pad", "index"})
+ROUTING_KINDS = frozenset({"concat", "split", "reshape", "transpose", "pad", "index", "broadcast"})
 PASS_KINDS = frozenset({"elementwise", "affine"})
 
 Shape = tuple  # entries are ints, or None/str for dynamic dimensions

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Union
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
 
 from ..errors import ModelLoadError
@@ -16,14 +17,27 @@ ModelSource = Union[str, os.PathLike, bytes, onnx.ModelProto]
 def read_model(model: ModelSource) -> onnx.ModelProto:
     """A private, checked, shape-inferred copy of `model` with external weights loaded."""
     proto = _read(model)
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except (onnx.shape_inference.InferenceError, ValueError):
-        pass  # the checker below, or the handlers, name what is wrong
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    proto = _infer_shapes(proto)
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelLoadError(f"invalid ONNX model: {str(exc).strip().splitlines()[0]}") from exc
+    return proto
+
+
+def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes inferred afresh (exporters sometimes leave stale value_info); the model as it is when
+    inference fails, so that the checker or the handlers can name what is wrong."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(proto)
+    del fresh.graph.value_info[:]
+    for candidate in (fresh, proto):
+        try:
+            return onnx.shape_inference.infer_shapes(candidate, data_prop=True)
+        except (onnx.shape_inference.InferenceError, ValueError):
+            continue
     return proto
 
 

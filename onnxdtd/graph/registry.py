@@ -50,7 +50,6 @@ HINTS = {
     "RNN": "recurrent cells are not supported",
     "Attention": "attention multiplies activations with each other (needs AH-LRP-style rules, not implemented)",
     "MultiHeadAttention": "attention multiplies activations with each other (not implemented)",
-    "Einsum": "general tensor contractions are not supported; export MatMul with a constant weight",
     "Resize": "only mode='nearest' is supported",
 }
 

@@ -81,6 +81,14 @@ GRAPHS = {
          "steps": np.array([1], np.int64), "idx": np.array([0, 2, 2, 5], np.int64),
          "halves": np.array([1, 1], np.int64), "scales": np.array([1, 1, 2, 2], np.float32),
          "w1": w(3, 2, 3, 3)}, (2, 6, 6), 3 * 3 * 3),
+    "max-min-relu6-reducemax": lambda: graph(
+        [node("Conv", ["x", "w1"], "c", pads=[1, 1, 1, 1]), node("Max", ["c", "zero"], "m"),
+         node("Min", ["m", "big"], "r"), node("ReduceMax", ["r"], "g", axes=[2, 3], keepdims=1)],
+        {"w1": w(3, 2, 3, 3), "zero": np.float32(0.0), "big": np.float32(1e4)}, (2, 5, 5), 3, opset=17),
+    "expand-einsum": lambda: model(
+        [node("Expand", ["x", "shape"], "e"), node("Einsum", ["e", "w1"], "d", equation="bci,ij->bcj"),
+         node("Relu", ["d"], "r"), node("Flatten", ["r"], "f"), node("Gemm", ["f", "w2"], "y")],
+        {"shape": np.array([1, 3, 4], np.int64), "w1": w(4, 5), "w2": w(15, 3)}, (1, 4)),
     "gemm-transA": lambda: model(
         [node("Transpose", ["x"], "t", perm=[1, 0]), node("Gemm", ["t", "w1"], "g", transA=1, transB=1),
          node("Relu", ["g"], "r"), node("MatMul", ["r", "w2"], "y")],
@@ -105,3 +113,20 @@ def test_layer_table_lists_every_layer(name):
     table = str(onnxdtd.load(GRAPHS[name]()))
     assert "kind" in table and "params" in table
     assert table.count("\n") >= 4
+
+
+@pytest.mark.parametrize("op, attrs", [("ReduceMax", {"axes": [2, 3], "keepdims": 0}), ("GlobalMaxPool", {})])
+def test_max_over_axes_winner_and_proportional(op, attrs, backend):
+    x = RNG.uniform(size=(2, 3, 4, 5)).astype(np.float32)
+    proto = model([node(op, ["x"], "m", **attrs), node("Flatten", ["m"], "y")], {}, (3, 4, 5))
+    flat = x.reshape(2, 3, -1)
+    for mode in ("winner", "proportional"):
+        res = onnxdtd.Explainer(proto, rules="zplus", maxpool=mode, backend=backend, dtype=np.float64).explain(x)
+        logit = flat.max(axis=2)[[0, 1], res.target]
+        r = res.relevance.reshape(2, 3, -1)[[0, 1], res.target]
+        if mode == "winner":
+            expected = np.zeros_like(r)
+            expected[[0, 1], flat[[0, 1], res.target].argmax(axis=1)] = logit
+        else:
+            expected = flat[[0, 1], res.target] * (logit / flat[[0, 1], res.target].sum(axis=1))[:, None]
+        np.testing.assert_allclose(r, expected, rtol=1e-5)

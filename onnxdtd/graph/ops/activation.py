@@ -1,6 +1,8 @@
 """Elementwise activations (relevance passes unchanged) and final squashing functions (stripped)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..ir import Node
 from ..layer import Layer
 from ..registry import BuildContext, register, single_activation
@@ -33,6 +35,15 @@ def lenient(node: Node, ctx: BuildContext, x: str) -> Layer:
         raise ctx.unsupported(node, "a nonlinear elementwise op with no relevance rule; "
                                     "Explainer(strict=False) / --lenient passes relevance through it unchanged")
     return ctx.layer(node, "elementwise", [x], function=node.op_type, lenient=True)
+
+
+@register("Max", "Min",
+          note="with constants (jnp.maximum(x, 0) as ReLU): elementwise, relevance passes unchanged")
+def max_min(node: Node, ctx: BuildContext) -> Layer:
+    x = single_activation(node, ctx)
+    constants = [ctx.graph.constants[name] for name in node.inputs if name != x]
+    pick = np.maximum.reduce if node.op_type == "Max" else np.minimum.reduce
+    return ctx.layer(node, "elementwise", [x], function=node.op_type, bound=pick(np.broadcast_arrays(*constants)))
 
 
 @register("Clip", note='elementwise (ReLU6 and friends): relevance passes unchanged')

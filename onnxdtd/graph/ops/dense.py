@@ -24,6 +24,19 @@ def gemm(node: Node, ctx: BuildContext) -> Layer:
                      axis=0 if node.attr("transA", 0) else -1)
 
 
+@register("Einsum", note="'...i,ij->...j' with a constant matrix: a dense layer under any rule")
+def einsum(node: Node, ctx: BuildContext) -> Layer:
+    lhs, _, out = node.attr("equation", "").replace(" ", "").partition("->")
+    terms = lhs.split(",")
+    dense = (len(terms) == 2 and len(terms[1]) == 2 and terms[0][-1:] == terms[1][0]
+             and out == terms[0][:-1] + terms[1][1] and terms[1][0] not in out)
+    if not dense or ctx.is_const(node.inputs[0]):
+        raise ctx.unsupported(node, f"equation {node.attr('equation')!r}: only 'x...i,ij->x...j' with a constant "
+                                    "matrix (a dense layer) is supported")
+    return ctx.layer(node, "dense", [node.inputs[0]], {"weight": ctx.const(node, 1, "matrix").T.copy(), "bias": None},
+                     axis=-1)
+
+
 @register("MatMul", note='dense layer under any rule when the right operand is a constant matrix')
 def matmul(node: Node, ctx: BuildContext) -> Layer:
     b = ctx.const(node, 1, "right operand B")

@@ -1,6 +1,6 @@
 """Ops that copy values by index (Slice, Gather with constant indices, nearest Resize/Upsample,
-DepthToSpace, SpaceToDepth, Tile, Expand): relevance is routed back like the gradient, by an index map
-obtained by running the node itself on the positions of its input."""
+DepthToSpace, SpaceToDepth, Tile): relevance is routed back like the gradient, by an index map
+obtained by running the node itself on the positions of its input. Expand sums over broadcast axes."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,7 @@ from ..registry import BuildContext, register, single_activation
 NEAREST_ONLY = ("Resize", "Upsample")
 
 
-@register("Slice", "Gather", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile", "Expand",
+@register("Slice", "Gather", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile",
           note="copies values: relevance routed back like the gradient; Gather with constant indices, "
                "Resize/Upsample in nearest mode")
 def index(node: Node, ctx: BuildContext) -> Layer:
@@ -24,6 +24,11 @@ def index(node: Node, ctx: BuildContext) -> Layer:
                                     "(linear and cubic resizing have no relevance rule yet)")
     constants = {name: ctx.const(node, i, f"input {i}") for i, name in enumerate(node.inputs) if i and name}
     return ctx.layer(node, "index", [x], source=node, constants=constants, opset=ctx.opset)
+
+
+@register("Expand", note="broadcasting: relevance summed back over the broadcast axes, like the gradient")
+def expand(node: Node, ctx: BuildContext) -> Layer:
+    return ctx.layer(node, "broadcast", [single_activation(node, ctx)])
 
 
 def source_index(layer: Layer, shape: tuple[int, ...]) -> np.ndarray:

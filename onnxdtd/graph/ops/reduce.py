@@ -1,4 +1,5 @@
-"""ReduceMean and ReduceSum (axes as attribute or as input, both opset styles) as `reduce` layers."""
+"""ReduceMean and ReduceSum (axes as attribute or as input, both opset styles) as `reduce` layers, and
+ReduceMax as `reducemax` (max pooling over the reduced axes)."""
 from __future__ import annotations
 
 from ..ir import Node
@@ -6,11 +7,12 @@ from ..layer import Layer
 from ..registry import BuildContext, register, single_activation
 
 # The opset from which each op takes its axes as an input instead of an attribute.
-AXES_AS_INPUT = {"ReduceSum": 13, "ReduceMean": 18}
+AXES_AS_INPUT = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18}
 
 
-@register("ReduceMean", "ReduceSum",
-          note="linear with unit weights: the z-rule (Norm) by default, any rule; axes as attribute or input")
+@register("ReduceMean", "ReduceSum", "ReduceMax",
+          note="ReduceMean/ReduceSum: linear with unit weights, the z-rule (Norm) by default, any rule; "
+               "ReduceMax: as max pooling; axes as attribute or input")
 def reduce(node: Node, ctx: BuildContext) -> Layer:
     x = single_activation(node, ctx)
     rank = ctx.rank(node, x)
@@ -26,5 +28,5 @@ def reduce(node: Node, ctx: BuildContext) -> Layer:
     axes = sorted(int(a) % rank for a in axes)
     if 0 in axes:
         raise ctx.unsupported(node, "it reduces over the batch axis 0")
-    return ctx.layer(node, "reduce", [x], axes=tuple(axes), keepdims=int(node.attr("keepdims", 1)),
-                     mean=node.op_type == "ReduceMean")
+    return ctx.layer(node, "reducemax" if node.op_type == "ReduceMax" else "reduce", [x], axes=tuple(axes),
+                     keepdims=int(node.attr("keepdims", 1)), mean=node.op_type == "ReduceMean")

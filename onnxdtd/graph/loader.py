@@ -18,13 +18,25 @@ def read_model(model: ModelSource) -> onnx.ModelProto:
     """A private, checked, shape-inferred copy of `model` with external weights loaded."""
     proto = _read(model)
     if proto.functions:
-        proto = onnx.inliner.inline_local_functions(proto)
+        proto = _inline(proto)
     proto = _infer_shapes(proto)
     try:
         onnx.checker.check_model(proto)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelLoadError(f"invalid ONNX model: {str(exc).strip().splitlines()[0]}") from exc
     return proto
+
+
+def _inline(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Local functions replaced by their bodies. A function that imports a custom domain at another
+    version than the model does (jax2onnx writes such files) is aligned first: onnx's inliner would
+    otherwise leave it in place."""
+    versions = {o.domain: o.version for o in proto.opset_import}
+    for function in proto.functions:
+        for entry in function.opset_import:
+            if entry.domain not in ("", "ai.onnx") and entry.domain in versions:
+                entry.version = versions[entry.domain]
+    return onnx.inliner.inline_local_functions(proto)
 
 
 def _infer_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -30,8 +30,8 @@ EXAMPLES = """examples:
 EXPLAIN_HELP = """Explain each INPUT; write into OUTDIR <stem>_relevance.npy, <stem>_heatmap.png,
 <stem>_overlay.png (image-like inputs) and one summary.json.
 
-INPUT is a .npy array (one sample, or a batch along a leading axis), given to the
-model as is, or an image file (png, jpg, ...): converted to grayscale or RGB by
+INPUT is a .npy array (one sample, or a batch along a leading axis; or an .npz
+holding it as 'x'), given to the model as is, or an image file (png, jpg, ...): converted to grayscale or RGB by
 the model's channel count, resized to the model's input size (bilinear), scaled
 to [0, 1], then normalized by --mean/--std."""
 HEATMAP_SIDE = 224  # default PNG size: upscale small inputs to about this many pixels on the long side
@@ -247,7 +247,7 @@ def _stems(paths: list[Path]) -> list[str]:
 
 def _read(path: Path, stem: str, shape: tuple, mean: np.ndarray, std: np.ndarray) -> Item:
     """Read one input: a .npy array as is, or an image converted to the model's input."""
-    if path.suffix.lower() == ".npy":
+    if path.suffix.lower() in (".npy", ".npz"):
         x = _read_npy(path, shape)
         return Item(path, stem, x if x.ndim == len(shape) or not shape else x[None], x.shape, None)
     pixels = _read_image(path, shape)
@@ -257,11 +257,17 @@ def _read(path: Path, stem: str, shape: tuple, mean: np.ndarray, std: np.ndarray
 
 
 def _read_npy(path: Path, shape: tuple) -> np.ndarray:
-    """The array in `path`: one sample (rank of the model input minus one) or a batch."""
+    """The array in `path` (.npy; .npz: its array 'x', or its only array): one sample (rank of the
+    model input minus one) or a batch."""
     try:
         x = np.load(path, allow_pickle=False)
+        if isinstance(x, np.lib.npyio.NpzFile):
+            with x:
+                if "x" not in x.files and len(x.files) != 1:
+                    raise UsageError(f"{path} holds arrays {x.files}: name the input array 'x'")
+                x = x["x" if "x" in x.files else x.files[0]]
     except (OSError, ValueError, EOFError) as exc:
-        raise UsageError(f"cannot read {path} as a .npy array: {exc}") from exc
+        raise UsageError(f"cannot read {path} as a .npy/.npz array: {exc}") from exc
     if shape and x.ndim not in (len(shape) - 1, len(shape)):
         raise UsageError(f"{path}: array of shape {x.shape} does not fit the model input {_fmt(shape)}: "
                          f"give one sample of rank {len(shape) - 1} or a batch of rank {len(shape)}")

@@ -1,4 +1,4 @@
-"""Ops that copy values by index (Slice, Gather with constant indices, nearest Resize/Upsample,
+"""Ops that copy values by index (Slice, Gather, GatherElements, GatherND with constant indices, nearest Resize/Upsample,
 DepthToSpace, SpaceToDepth, Tile): relevance is routed back like the gradient, by an index map
 obtained by running the node itself on the positions of its input. Expand sums over broadcast axes."""
 from __future__ import annotations
@@ -12,7 +12,8 @@ from ..registry import BuildContext, register, single_activation
 NEAREST_ONLY = ("Resize", "Upsample")
 
 
-@register("Slice", "Gather", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "Tile",
+@register("Slice", "Gather", "GatherElements", "GatherND", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth",
+          "Tile",
           note="copies values: relevance routed back like the gradient; Gather with constant indices, "
                "Resize/Upsample in nearest mode")
 def index(node: Node, ctx: BuildContext) -> Layer:

@@ -85,7 +85,11 @@ def layer_bounds(model: LayerList, layer: Layer, bounds: dict[str, Bounds],
         name = prod.inputs[0]
     low, high = bounds[name]
     for prod in reversed(chain):
-        low, high = MAPS[prod.kind](prod, low, high, (1, *shapes[prod.output][1:]))
+        try:
+            low, high = MAPS[prod.kind](prod, low, high, (1, *shapes[prod.output][1:]))
+        except ValueError as exc:  # e.g. a Reshape that folds the batch axis into another
+            raise BoundsError(f"cannot map the z^B bounds through layer {prod.index}:{prod.name} ({prod.op_type}): "
+                              f"{exc}; give the rule its own bounds, e.g. ZBox(low=..., high=...)") from exc
     return low, high
 
 

@@ -50,7 +50,8 @@ def linear_matrix(proto: onnx.ModelProto, in_shape: Sequence[int]) -> np.ndarray
     return run(proto, basis).reshape(size, -1).astype(np.float64)
 
 
-def numeric_gradient(proto: onnx.ModelProto, x: np.ndarray, target: int, h: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+def numeric_gradient(proto: onnx.ModelProto, x: np.ndarray, target: int,
+                     h: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
     """Central differences of output `target` w.r.t. one sample `x` (shape (1, ...)), in one batched run,
     and a mask of the coordinates where both one-sided slopes agree (no kink of a piecewise-linear model
     within ±h, so the difference is exact up to float32 rounding)."""

@@ -174,3 +174,12 @@ def test_input_file_is_never_modified(tmp_path):
         onnxdtd.Explainer(source).explain(RNG.uniform(size=(2, 2, 4, 4)).astype(np.float32), keep=True)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     assert proto.SerializeToString() == snapshot
+
+
+def test_bounds_that_cannot_follow_a_reshape_of_the_batch_axis():
+    proto = model([node("Reshape", ["x", "pairs"], "r"), node("Gemm", ["r", "w"], "d", transB=1),
+                   node("Reshape", ["d", "rows"], "y")],
+                  {"pairs": np.array([-1, 2], np.int64), "w": np.ones((3, 2)), "rows": np.array([-1, 6], np.int64)},
+                  (4,))
+    with pytest.raises(onnxdtd.BoundsError, match="cannot map the z\\^B bounds through layer 0"):
+        onnxdtd.Explainer(proto, rules="dtd").explain(np.ones((2, 4), np.float32))

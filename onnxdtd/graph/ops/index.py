@@ -1,5 +1,5 @@
-"""Ops that copy values by index (Slice, Gather, GatherElements, GatherND with constant indices, nearest Resize/Upsample,
-DepthToSpace, SpaceToDepth, Tile): relevance is routed back like the gradient, by an index map
+"""Ops that copy values by index (Slice; Gather, GatherElements, GatherND with constant indices; nearest
+Resize/Upsample; DepthToSpace, SpaceToDepth, Tile): relevance is routed back like the gradient, by an index map
 obtained by running the node itself on the positions of its input. Expand sums over broadcast axes."""
 from __future__ import annotations
 

@@ -74,9 +74,9 @@ class Explainer:
         n = len(next(iter(feeds.values())))
         acts = self.forward.run(feeds)
         output = acts[self.model.output_name]
-        if output.ndim == 0 or output.shape[0] != n:
+        if output.size % n:
             raise InputError(f"the explained output {self.model.output_name!r} has shape {output.shape} for a batch "
-                             f"of {n}: onnxdtd explains outputs with one row per sample")
+                             f"of {n}: onnxdtd explains outputs with the same number of values per sample")
         logits = output.reshape(n, -1)
         targets = _targets(target, logits)
         rows = np.arange(n)

@@ -98,13 +98,19 @@ MODELS = {
 def build(name, seed=0):
     """float32 eval-mode model with random weights and non-trivial BatchNorm statistics and affine params."""
     torch.manual_seed(seed)
-    model = MODELS[name][0]()
+    return randomize(MODELS[name][0]())
+
+
+def randomize(model):
+    """Random weights (He init, small biases) and non-trivial BatchNorm statistics and affine params, in place,
+    drawn from torch's global generator (seed it first); returns the model in eval mode."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):   # He init keeps the logits O(1) through the depth
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):  # He init keeps the logits O(1) through the depth
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                m.bias.copy_(0.1 * torch.randn_like(m.bias))
-            if isinstance(m, nn.BatchNorm2d):
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * torch.randn_like(m.bias))
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.running_mean.copy_(0.2 * torch.randn_like(m.running_mean))
                 m.running_var.copy_(0.5 + torch.rand_like(m.running_var))
                 m.weight.copy_(0.5 + torch.rand_like(m.weight))
@@ -130,14 +136,28 @@ def zennit_model(model):
 EXPORTERS = ("dynamo", "torchscript", "torchscript-nofold")
 
 
-def export(model, shape, path, exporter):
-    x = torch.rand(*shape)
+def export(model, shape, path, exporter, opset=None, dynamic_axes=None, input_names=("input",),
+           output_names=("output",)):
+    """Export ``model`` to ``path`` with ``exporter`` (one of EXPORTERS), traced on random inputs.
+
+    ``shape``: the input's shape, or a list of shapes for a model with several inputs (named by ``input_names``).
+    ``opset``: the opset to export to (None: the exporter's default). ``dynamic_axes``: {input or output name:
+    {axis: dimension name}}, as torch.onnx.export takes it (both exporters; None: all shapes static)."""
+    shapes = [shape] if isinstance(shape[0], int) else list(shape)
+    args = tuple(torch.rand(*s) for s in shapes)
     kwargs = {"dynamo": True} if exporter == "dynamo" else {"dynamo": False}
     if exporter == "torchscript-nofold":
         kwargs["do_constant_folding"] = False
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic_axes:
+        kwargs["dynamic_axes"] = dynamic_axes
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated (still works in torch 2.14)
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["output"], **kwargs)
+        warnings.filterwarnings("ignore", message=".*dynamic_axes.*", category=UserWarning)  # dynamo: fine here
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*", category=UserWarning)
+        torch.onnx.export(model, args, str(path), input_names=list(input_names), output_names=list(output_names),
+                          **kwargs)
     return path
 
 
@@ -163,8 +183,12 @@ EPSILON = 1e-6      # onnxdtd's ε for the `epsilon` preset and the ε rule in t
 NOBIAS = ["bias"]   # onnxdtd's z⁺ and w² exclude the bias by default (DESIGN.md); zennit's include it
 
 
-def composite(preset, low, high):
-    """The zennit composite equivalent to onnxdtd's preset ``preset``. ``low``/``high``: float or float64 tensor."""
+def composite(preset, low, high, first_names=None):
+    """The zennit composite equivalent to onnxdtd's preset ``preset``. ``low``/``high``: float or float64 tensor.
+
+    ``first_names``: for the presets whose first-layer rule goes to the first linear layer (``dtd``, ``dtd-w2``),
+    the names of the modules that get it instead of zennit's first linear module: onnxdtd gives it to the
+    first linear layer on *every* model input, so a model with several inputs names one module per input."""
     base = composites.layer_map_base()   # Activation: Pass, Sum: Norm, AvgPool: Norm, BatchNorm: Pass
     canon = [MergeBatchNorm()]
     rest = {
@@ -178,6 +202,10 @@ def composite(preset, low, high):
         "dtd": rules.ZBox(low=low, high=high),
         "dtd-w2": rules.WSquare(zero_params=NOBIAS),
     }
+    if preset in first and first_names:
+        return composites.NameLayerMapComposite(
+            name_map=[(tuple(first_names), first[preset])], layer_map=base + [(types.Linear, rest[preset])],
+            canonizers=canon)
     if preset in first:
         return composites.SpecialFirstLayerMapComposite(
             layer_map=base + [(types.Linear, rest[preset])], first_map=[(types.Linear, first[preset])],

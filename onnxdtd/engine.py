@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Array, Backend
-from .graph.layer import Layer, LayerList
+from .graph.layer import LINEAR_KINDS, PASS_KINDS, POOLING_KINDS, ROUTING_KINDS, Layer, LayerList
 from .rules.base import Rule
 
 
@@ -47,10 +47,8 @@ def _pass(w: Walk, layer: Layer, r: Array) -> list[Array]:
 
 
 PROPAGATE: dict[str, Callable[[Walk, Layer, Array], list[Array]]] = {
-    "dense": _linear, "conv": _linear, "convtranspose": _linear, "avgpool": _linear, "reduce": _linear,
-    "maxpool": _maxpool, "reducemax": _maxpool, "add": _add, "broadcast": _route,
-    "concat": _route, "split": _route, "reshape": _route, "transpose": _route, "pad": _route, "index": _route,
-    "elementwise": _pass, "affine": _pass,
+    **dict.fromkeys(LINEAR_KINDS | POOLING_KINDS, _linear), "maxpool": _maxpool, "reducemax": _maxpool,
+    "add": _add, **dict.fromkeys(ROUTING_KINDS, _route), **dict.fromkeys(PASS_KINDS, _pass),
 }
 
 

@@ -229,23 +229,31 @@ class NumpyBackend(Backend):
         return [_unbroadcast(x * s, x.shape) for x in inputs]
 
     def route(self, layer: Layer, relevance, in_shapes):
-        kind = layer.kind
-        if kind == "reshape":
-            return [relevance.reshape(in_shapes[0])]
-        if kind == "transpose":
-            return [relevance.transpose(np.argsort(layer.attrs["perm"]))]
-        if kind == "concat":
-            bounds = np.cumsum([s[layer.attrs["axis"]] for s in in_shapes])[:-1]
-            return np.split(relevance, bounds, axis=layer.attrs["axis"])
-        if kind == "broadcast":
-            return [_unbroadcast(relevance, in_shapes[0])]
-        if kind == "split":
-            return [np.concatenate(relevance, axis=layer.attrs["axis"])]
-        if kind == "index":
-            source = source_index(layer, in_shapes[0]).ravel()
-            total = np.bincount(source, weights=relevance.ravel(), minlength=math.prod(in_shapes[0]))
-            return [total.astype(relevance.dtype).reshape(in_shapes[0])]
-        return [_unpad(relevance, layer.attrs["pads"], in_shapes[0])]
+        return ROUTES[layer.kind](layer, relevance, in_shapes)
+
+
+def _unconcat(layer: Layer, r: np.ndarray, in_shapes) -> list[np.ndarray]:
+    axis = layer.attrs["axis"]
+    return np.split(r, np.cumsum([s[axis] for s in in_shapes])[:-1], axis=axis)
+
+
+def _unindex(layer: Layer, r: np.ndarray, in_shapes) -> list[np.ndarray]:
+    """Scatter-add every output element's relevance onto the input element it copies."""
+    total = np.bincount(source_index(layer, in_shapes[0]).ravel(), weights=r.ravel(),
+                        minlength=math.prod(in_shapes[0]))
+    return [total.astype(r.dtype).reshape(in_shapes[0])]
+
+
+# Routing kinds: relevance goes back the way the gradient would.
+ROUTES = {
+    "reshape": lambda layer, r, shapes: [r.reshape(shapes[0])],
+    "transpose": lambda layer, r, shapes: [r.transpose(np.argsort(layer.attrs["perm"]))],
+    "concat": _unconcat,
+    "split": lambda layer, rs, shapes: [np.concatenate(rs, axis=layer.attrs["axis"])],
+    "broadcast": lambda layer, r, shapes: [_unbroadcast(r, shapes[0])],
+    "index": _unindex,
+    "pad": lambda layer, r, shapes: [_unpad(r, layer.attrs["pads"], shapes[0])],
+}
 
 
 def _unpad(r: np.ndarray, pads: Sequence[int], shape: tuple[int, ...]) -> np.ndarray:

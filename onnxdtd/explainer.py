@@ -62,7 +62,7 @@ class Explainer:
                 check_bounds(*self._bounds_of(name), sample)
         tensors = {name for layer in self.model for name in (*layer.inputs, *layer.outputs)}
         self.forward = Forward(self.model.proto, self.model.inputs, sorted(tensors | {self.model.output_name}),
-                               providers, self.model.binary_logits)
+                               providers, self.model.derived)
         self.input_dtypes = _input_dtypes(self.model)
 
     def explain(self, x, target=None, init: str = "logit", keep: bool = False) -> Explanation:

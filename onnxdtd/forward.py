@@ -9,17 +9,19 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import InputError, ModelLoadError
+from .graph.layer import Derived
 
 
 class Forward:
     """An onnxruntime session of the original model that also returns the named intermediate tensors,
-    and the binary logits (-z, z) that canonicalization put in place of a sigmoid head."""
+    and the tensors that canonicalization derived from them (see graph.layer.Derived)."""
 
     def __init__(self, proto: onnx.ModelProto, inputs: Iterable[str], tensors: Iterable[str],
-                 providers: Sequence | None = None, binary_logits: dict[str, str] | None = None):
+                 providers: Sequence | None = None, derived: dict[str, Derived] | None = None):
         inputs = set(inputs)
-        self.binary_logits = dict(binary_logits or {})
-        tensors = [t for t in [*tensors, *self.binary_logits.values()] if t not in self.binary_logits]
+        self.derived = dict(derived or {})
+        sources = [name for d in self.derived.values() for name in (d.source, d.like) if name]
+        tensors = [t for t in [*tensors, *sources] if t not in self.derived]
         model = onnx.ModelProto()
         model.CopyFrom(proto)
         known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
@@ -48,6 +50,8 @@ class Forward:
             raise InputError(f"onnxruntime rejected the input of shape(s) {shapes}: "
                              f"{str(exc).strip().splitlines()[-1]}") from exc
         acts = {**feeds, **dict(zip(self.names, values))}
-        for name, z in self.binary_logits.items():
-            acts[name] = np.concatenate([-acts[z], acts[z]], axis=-1)
+        for name, d in self.derived.items():
+            source = acts[d.source]
+            acts[name] = (np.concatenate([-source, source], axis=-1) if d.kind == "negpair"
+                          else source.reshape(acts[d.like].shape))
         return acts

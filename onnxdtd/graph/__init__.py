@@ -6,7 +6,7 @@ from . import ops  # noqa: F401  (registers the op handlers)
 from .ir import Graph
 from .layer import Layer, LayerList
 from .loader import ModelSource, read_model
-from .passes import (binary_head, drop_no_ops, drop_non_float, fold_affine, fold_batchnorm_right, fold_constants,
+from .passes import (binary_head, drop_no_ops, drop_non_float, fold_affine, fold_affine_right, fold_constants,
                      model_output, prune, strip_final)
 from .registry import HINTS, BuildContext, handler_for, supported_ops
 
@@ -52,11 +52,11 @@ def load(model: ModelSource, strict: bool = True, output: str | int | None = Non
     if others or not inputs:
         raise ModelLoadError(f"every model input the output depends on must be floating-point; got "
                              f"{list(inputs) or 'none'} (not float: {others})")
-    layers = fold_batchnorm_right(fold_affine(_convert(g, strict), output), output)
-    layers, output, derived = binary_head(layers, output)
+    layers, derived = fold_affine(_convert(g, strict), output)
+    layers, output, head = binary_head(fold_affine_right(layers, inputs), output)
     layers, output, stripped = strip_final(layers, output, strict)
     return LayerList(layers, inputs, output, g.shapes.get(output), g.proto,
-                     "Sigmoid" if derived else stripped, derived)
+                     "Sigmoid" if head else stripped, {**derived, **head})
 
 
 def find_unsupported(model: ModelSource, strict: bool = True,
@@ -64,6 +64,6 @@ def find_unsupported(model: ModelSource, strict: bool = True,
     """Every node of `model` that onnxdtd cannot explain (empty when the whole graph is supported)."""
     g, output = _graph(model, output)
     errors: list[UnsupportedOperatorError] = []
-    layers, output, _ = binary_head(fold_affine(_convert(g, strict, errors), output), output)
+    layers, output, _ = binary_head(fold_affine(_convert(g, strict, errors), output)[0], output)
     strip_final(layers, output, strict, errors)
     return errors

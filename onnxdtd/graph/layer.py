@@ -48,6 +48,17 @@ def _fmt_shape(shape: Shape | None) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
+@dataclass(frozen=True)
+class Derived:
+    """A tensor that canonicalization created and the forward pass computes from the model's own:
+    'negpair' is (-source, source) along the last axis (the logits of a binary sigmoid head),
+    'reshape' is source reshaped to the shape of `like` (a linear layer folded through a reshape)."""
+
+    kind: str
+    source: str
+    like: str = ""
+
+
 @dataclass
 class LayerList:
     """A topologically ordered list of layers plus the model it came from."""
@@ -58,7 +69,7 @@ class LayerList:
     output_shape: Shape
     proto: onnx.ModelProto
     stripped: str | None = None  # op type of a final Softmax/LogSoftmax/Sigmoid that was removed
-    binary_logits: dict[str, str] = field(default_factory=dict)  # tensor (-z, z) computed from tensor z
+    derived: dict[str, "Derived"] = field(default_factory=dict)  # tensors computed from onnxruntime's
 
     def __post_init__(self) -> None:
         for i, layer in enumerate(self.layers):

@@ -1,11 +1,13 @@
 """Canonicalization passes: on the ONNX view (constants, no-ops, shape arithmetic) and on the layer list."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from ..errors import ModelLoadError, UnsupportedOperatorError
 from .ir import FLOAT_TYPES, Graph, Node
-from .layer import Layer
+from .layer import LINEAR_KINDS, Derived, Layer
 
 FOLDS_INTO = frozenset({"dense", "conv"})  # layers whose output channels are the weight's first axis
 
@@ -95,11 +97,11 @@ def strip_final(layers: list[Layer], output: str, strict: bool = True,
     return layers, output, stripped
 
 
-def binary_head(layers: list[Layer], output: str) -> tuple[list[Layer], str, dict[str, str]]:
+def binary_head(layers: list[Layer], output: str) -> tuple[list[Layer], str, dict[str, Derived]]:
     """Concat(1 - Sigmoid(z), Sigmoid(z)) after a one-unit dense layer (scikit-learn's binary classifier)
     becomes a two-unit dense layer with the logits (-z, z): each class's logit, its sign folded into the
     weights so that sign-sensitive rules (z⁺, γ, α/β) see that class's own weights. Returns the layers,
-    the new output and {logits tensor: z tensor} for the forward pass to compute the new tensor."""
+    the new output and the new tensor for the forward pass to compute."""
     by_output = {layer.output: layer for layer in layers}
     concat = by_output.get(output)
     if concat is None or concat.kind != "concat" or len(concat.inputs) != 2:
@@ -119,7 +121,7 @@ def binary_head(layers: list[Layer], output: str) -> tuple[list[Layer], str, dic
     source, dense.outputs = dense.output, [logits]
     dense.output_shapes = [concat.output_shapes[0]]
     dense.op_type += "+Sigmoid+Sub+Concat"
-    return [layer for layer in layers if layer not in (sigmoid, minus, concat)], logits, {logits: source}
+    return [layer for layer in layers if layer not in (sigmoid, minus, concat)], logits, {logits: Derived("negpair", source)}
 
 
 def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
@@ -134,33 +136,61 @@ def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.n
     return np.broadcast_to(vec, (channels,)) if vec.size in (1, channels) else None
 
 
-def fold_affine(layers: list[Layer], output: str) -> list[Layer]:
-    """Fold per-output-channel affine layers (BatchNorm, bias Add, Mul/Div/Sub by constants) into the
-    preceding dense/conv layer when nothing else reads that layer's output."""
-    producers = {layer.output: layer for layer in layers}
-    readers: dict[str, int] = {}
+def _readers(layers: list[Layer]) -> dict[str, list[Layer]]:
+    readers: dict[str, list[Layer]] = {}
     for layer in layers:
         for name in layer.inputs:
-            readers[name] = readers.get(name, 0) + 1
-    kept = []
-    for layer in layers:
-        linear = producers.get(layer.inputs[0]) if layer.kind == "affine" else None
-        merged = (linear is not None and linear.kind in FOLDS_INTO and readers[linear.output] == 1
-                  and linear.output != output and _merge(linear, layer))
-        if merged:
-            producers[linear.output] = linear
+            readers.setdefault(name, []).append(layer)
+    return readers
+
+
+def fold_affine(layers: list[Layer], output: str) -> tuple[list[Layer], dict[str, Derived]]:
+    """Fold per-output-channel affine layers (BatchNorm, bias Add, Mul/Div/Sub by constants) into the
+    dense/conv layer before them when nothing else reads its output, also through a reshape that keeps
+    the channel axis (tf2onnx's Conv1D: Conv → Squeeze → Add). Through a reshape, the folded layer's
+    output is a tensor derived from the affine layer's (the model itself never computes it)."""
+    derived: dict[str, Derived] = {}
+    while True:
+        producers, readers = {layer.output: layer for layer in layers}, _readers(layers)
+        single = lambda layer: layer is not None and len(readers.get(layer.output, [])) == 1  # noqa: E731
+        for affine in (layer for layer in layers if layer.kind == "affine"):
+            step = producers.get(affine.inputs[0])
+            via = step if single(step) and step.kind == "reshape" else None
+            linear = producers.get(via.inputs[0]) if via else step
+            if not (single(linear) and linear.kind in FOLDS_INTO and linear.output != output
+                    and (via is None or _keeps_channels(linear, via))
+                    and _merge(linear, affine, affine.input_shapes[0])):
+                continue
+            if via is None:
+                linear.outputs, linear.output_shapes = list(affine.outputs), list(affine.output_shapes)
+            else:
+                like = derived.pop(linear.output).like if linear.output in derived else linear.output
+                name = f"{like}+{affine.name}"
+                derived[name] = Derived("reshape", affine.output, like)
+                linear.outputs = via.inputs = [name]
+                via.outputs, via.output_shapes = list(affine.outputs), list(affine.output_shapes)
+            layers = [layer for layer in layers if layer is not affine]
+            break
         else:
-            kept.append(layer)
-    return kept
+            return layers, derived
 
 
-def _merge(linear: Layer, affine: Layer) -> bool:
-    """Merge `affine` into `linear` in place; False when the affine is not per output channel."""
+def _keeps_channels(linear: Layer, reshape: Layer) -> bool:
+    """Whether `reshape` keeps the batch axis and the channel axis of `linear`'s output."""
+    before, after = linear.output_shapes[0], reshape.output_shapes[0]
+    if before is None or after is None or len(before) < 2 or len(after) < 2:
+        return False
+    axis = 1 if linear.kind == "conv" else -1
+    return before[0] == after[0] and isinstance(before[axis], int) and before[axis] == after[axis]
+
+
+def _merge(linear: Layer, affine: Layer, shape: tuple | None) -> bool:
+    """Merge `affine` (whose input has `shape`) into the output side of `linear` in place; False when
+    the affine is not per output channel."""
     weight = linear.params["weight"]
     channels = weight.shape[0]
-    axis = 1 if linear.kind == "conv" else -1
-    shape = linear.output_shapes[0]
     rank = len(shape) if shape is not None else (weight.ndim if linear.kind == "conv" else 2)
+    axis = 1 if linear.kind == "conv" else -1
     scale = _per_channel(affine.params["scale"], rank, axis, channels)
     shift = _per_channel(affine.params["shift"], rank, axis, channels)
     if scale is None or shift is None:
@@ -169,27 +199,29 @@ def _merge(linear: Layer, affine: Layer) -> bool:
     bias = np.zeros(channels) if bias is None else bias.astype(np.float64)
     linear.params["weight"] = weight.astype(np.float64) * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
     linear.params["bias"] = bias * scale + shift
-    linear.outputs = list(affine.outputs)
-    linear.output_shapes = list(affine.output_shapes)
     linear.op_type = f"{linear.op_type}+{affine.op_type}"
     return True
 
 
-def fold_batchnorm_right(layers: list[Layer], output: str) -> list[Layer]:
-    """Fold a BatchNormalization that stands before a dense layer, or before a conv without padding
-    (where the fold is exact), into that layer: W' = W·scale over input channels, b' = b + W·shift.
-    Other standalone BatchNorms stay per-channel affine layers (relevance passes through them)."""
-    readers: dict[str, list[Layer]] = {}
+def fold_affine_right(layers: list[Layer], inputs: Iterable[str]) -> list[Layer]:
+    """Fold a per-channel affine layer (a BatchNorm, also one that an exporter wrote as Mul and Add)
+    into the dense layer or unpadded conv that alone reads it, where that is exact. Sub/Mul/Div on
+    the input domain are kept: they are the input normalization, through which z^B bounds are mapped.
+    Other affine layers stay and pass relevance through."""
+    domain = set(inputs)
     for layer in layers:
-        for name in layer.inputs:
-            readers.setdefault(name, []).append(layer)
-    folded = []
-    for layer in layers:
-        after = readers.get(layer.output, [])
-        if (layer.kind == "affine" and layer.op_type == "BatchNormalization" and len(after) == 1
-                and layer.output != output and _merge_right(layer, after[0])):
-            folded.append(layer)
-    return [layer for layer in layers if layer not in folded]
+        if layer.kind not in LINEAR_KINDS and any(name in domain for name in layer.inputs):
+            domain.update(layer.outputs)
+    while True:
+        readers = _readers(layers)
+        for affine in reversed(layers):
+            after = readers.get(affine.output, [])
+            movable = affine.op_type == "BatchNormalization" or affine.output not in domain
+            if affine.kind == "affine" and movable and len(after) == 1 and _merge_right(affine, after[0]):
+                layers = [layer for layer in layers if layer is not affine]
+                break
+        else:
+            return layers
 
 
 def _merge_right(affine: Layer, linear: Layer) -> bool:

@@ -34,11 +34,7 @@ IDS = [f.stem for f in FILES]
 PRESETS = ("dtd", "zplus")
 # Known canonicalization gaps (strict xfail of test_bias_and_batchnorm_folded; remove an entry when
 # onnxdtd folds it): the canonical layer list still holds an `affine` layer after a linear layer.
-UNFOLDED = {"conv1d": "tf2onnx lowers Conv1D to Unsqueeze-Conv-Squeeze and puts the conv bias and the "
-                      "BatchNorm (Add/Mul/Add with [1, C, 1] constants) after the Squeeze, where fold_affine "
-                      "does not look",
-             "cnn_flatten": "Dense-ReLU-BatchNorm-Dense: the BatchNorm (Mul/Add after the Relu) can only fold right, "
-                            "into the next MatMul+Add (DESIGN.md: 'left, and right where valid'); onnxdtd folds left only"}
+UNFOLDED: dict[str, str] = {}  # models whose bias/BatchNorm canonicalization cannot fold: model -> why
 
 
 def _name(path: Path) -> str:

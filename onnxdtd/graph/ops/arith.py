@@ -35,24 +35,24 @@ def add(node: Node, ctx: BuildContext) -> Layer:
 
 
 @register("Sub",
-          note="by a constant: folded into the linear layer before, else passes relevance (z^B bounds are mapped "
-               "through)")
+          note="by a constant: folded into the linear layer before or after it; on the input (normalization) it "
+               "passes relevance and z^B bounds are mapped through")
 def sub(node: Node, ctx: BuildContext) -> Layer:
     x, c, first = _split(node, ctx)
     return affine(ctx, node, x, -1.0, c) if first else affine(ctx, node, x, 1.0, -c)
 
 
 @register("Mul",
-          note="by a constant: folded into the linear layer before, else passes relevance (z^B bounds are mapped "
-               "through)")
+          note="by a constant: folded into the linear layer before or after it; on the input (normalization) it "
+               "passes relevance and z^B bounds are mapped through")
 def mul(node: Node, ctx: BuildContext) -> Layer:
     x, c, _ = _split(node, ctx)
     return affine(ctx, node, x, c, 0.0)
 
 
 @register("Div",
-          note="by a constant: folded into the linear layer before, else passes relevance (z^B bounds are mapped "
-               "through)")
+          note="by a constant: folded into the linear layer before or after it; on the input (normalization) it "
+               "passes relevance and z^B bounds are mapped through")
 def div(node: Node, ctx: BuildContext) -> Layer:
     x, c, first = _split(node, ctx)
     if first:

@@ -6,6 +6,7 @@ import pytest
 
 import onnxdtd
 from builders import model, node, run
+from onnxdtd.backends.numpy_backend import OPS
 
 RNG = np.random.default_rng(2)
 
@@ -172,3 +173,40 @@ def test_batchnorm_before_dense_is_folded_right():
     layer = m[0]  # folded: the layer computes the model on the raw input
     np.testing.assert_allclose(x.astype(np.float64) @ layer.params["weight"].T + layer.params["bias"], run(proto, x),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_bias_and_batchnorm_fold_through_a_channel_keeping_reshape():
+    """tf2onnx's Conv1D: Unsqueeze → Conv → Squeeze → Add(bias) → Mul → Add (BatchNorm); the folded
+    conv's output, which the model never computes, is derived from the last folded tensor."""
+    rng = np.random.default_rng(11)
+    per_channel = lambda: rng.normal(size=(1, 3, 1))  # noqa: E731
+    proto = model([node("Unsqueeze", ["x", "ax"], "u"), node("Conv", ["u", "w"], "c", pads=[0, 1, 0, 1]),
+                   node("Squeeze", ["c", "ax"], "s"), node("Add", ["s", "bias"], "b"), node("Mul", ["b", "scale"], "m"),
+                   node("Add", ["m", "shift"], "bn"), node("Relu", ["bn"], "r"), node("Flatten", ["r"], "f"),
+                   node("Gemm", ["f", "w2"], "y")],
+                  {"ax": np.array([2], np.int64), "w": rng.normal(size=(3, 2, 1, 3)), "bias": per_channel(),
+                   "scale": per_channel(), "shift": per_channel(), "w2": rng.normal(size=(24, 4))}, (2, 8))
+    m = onnxdtd.load(proto)
+    assert [layer.kind for layer in m] == ["reshape", "conv", "reshape", "elementwise", "reshape", "dense"]
+    conv = m[1]
+    assert conv.op_type == "Conv+Add+Mul+Add"
+    x = RNG.normal(size=(2, 2, 8)).astype(np.float32)
+    ex = onnxdtd.Explainer(proto, rules="epsilon", dtype=np.float64)
+    acts = ex.forward.run({"x": x})
+    op = OPS["conv"](conv, acts[conv.inputs[0]].shape)
+    folded = op.forward(acts[conv.inputs[0]].astype(np.float64), conv.params["weight"], conv.params["bias"])
+    np.testing.assert_allclose(acts[conv.output], folded, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ex.explain(x).output, run(proto, x), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_written_as_mul_add_after_an_activation_folds_right():
+    rng = np.random.default_rng(12)
+    proto = model([node("Gemm", ["x", "w1"], "h"), node("Relu", ["h"], "r"), node("Mul", ["r", "scale"], "m"),
+                   node("Add", ["m", "shift"], "bn"), node("Gemm", ["bn", "w2", "b2"], "y")],
+                  {"w1": rng.normal(size=(5, 6)), "scale": rng.normal(size=6), "shift": rng.normal(size=6),
+                   "w2": rng.normal(size=(6, 3)), "b2": rng.normal(size=3)}, (5,))
+    m = onnxdtd.load(proto)
+    assert [layer.op_type for layer in m] == ["Gemm", "Relu", "Mul+Add+Gemm"]
+    x = RNG.normal(size=(4, 5)).astype(np.float32)
+    r = np.maximum(x.astype(np.float64) @ m[0].params["weight"].T, 0)
+    np.testing.assert_allclose(r @ m[2].params["weight"].T + m[2].params["bias"], run(proto, x), rtol=1e-5, atol=1e-5)

@@ -9,8 +9,8 @@ RNG = np.random.default_rng(3)
 
 
 def relu_net(bias_sign=-1.0, pool="MaxPool"):
-    """Conv → Relu → pool → Conv → Relu → GlobalAveragePool → Flatten → Gemm → Relu → Gemm, with biases
-    of one sign."""
+    """Conv → Relu → pool → Conv → Relu → GlobalAveragePool → Flatten → Gemm → Relu → Gemm, with
+    biases of one sign."""
     b = lambda n: bias_sign * RNG.uniform(0, 0.1, n)  # noqa: E731
     inits = {"w1": RNG.normal(size=(4, 3, 3, 3)) / 4, "b1": b(4), "w2": RNG.normal(size=(6, 4, 3, 3)) / 6,
              "b2": b(6), "w3": RNG.normal(size=(6, 8)), "b3": b(8), "w4": np.abs(RNG.normal(size=(8, 5))), "b4": b(5)}

@@ -121,7 +121,8 @@ def binary_head(layers: list[Layer], output: str) -> tuple[list[Layer], str, dic
     source, dense.outputs = dense.output, [logits]
     dense.output_shapes = [concat.output_shapes[0]]
     dense.op_type += "+Sigmoid+Sub+Concat"
-    return [layer for layer in layers if layer not in (sigmoid, minus, concat)], logits, {logits: Derived("negpair", source)}
+    kept = [layer for layer in layers if layer not in (sigmoid, minus, concat)]
+    return kept, logits, {logits: Derived("negpair", source)}
 
 
 def _per_channel(value: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:

@@ -1,7 +1,7 @@
 """Architecture coverage: small PyTorch architectures (torch_zoo.py) through both torch exporters.
 
-Every architecture is exported by the dynamo exporter (its default opset and opset 18) and by the
-TorchScript exporter (opsets 13, 17 and 20, the newest it supports; and 13 without constant folding,
+Every architecture is exported by the dynamo exporter (its default opset 20, and opsets 18 and 24)
+and by the TorchScript exporter (opsets 13, 17 and 20, the newest it supports; and 13 without constant folding,
 which keeps BatchNormalization nodes and the shape arithmetic), always with a dynamic batch axis, and
 explained on a batch of another size than the one it was exported with. Checks per architecture,
 exporter and preset:
@@ -43,6 +43,7 @@ from torch_zoo import ARCHS  # noqa: E402
 EXPORTERS = {
     "dynamo": ("dynamo", None),
     "dynamo-18": ("dynamo", 18),
+    "dynamo-24": ("dynamo", 24),         # the newest opset the dynamo exporter and onnxruntime both take
     "ts-13": ("torchscript", 13),
     "ts-17": ("torchscript", 17),
     "ts-20": ("torchscript", 20),        # the newest opset of the TorchScript exporter

@@ -160,7 +160,7 @@ def fold_affine(layers: list[Layer], output: str) -> tuple[list[Layer], dict[str
             linear = producers.get(via.inputs[0]) if via else step
             if not (single(linear) and linear.kind in FOLDS_INTO and linear.output != output
                     and (via is None or _keeps_channels(linear, via))
-                    and _merge(linear, affine, affine.input_shapes[0])):
+                    and _merge(linear, affine)):
                 continue
             if via is None:
                 linear.outputs, linear.output_shapes = list(affine.outputs), list(affine.output_shapes)
@@ -176,30 +176,44 @@ def fold_affine(layers: list[Layer], output: str) -> tuple[list[Layer], dict[str
             return layers, derived
 
 
+def _channel_axis(linear: Layer) -> int:
+    """The channel axis of a conv's or dense layer's activations."""
+    return 1 if linear.kind == "conv" else -1
+
+
 def _keeps_channels(linear: Layer, reshape: Layer) -> bool:
     """Whether `reshape` keeps the batch axis and the channel axis of `linear`'s output."""
     before, after = linear.output_shapes[0], reshape.output_shapes[0]
     if before is None or after is None or len(before) < 2 or len(after) < 2:
         return False
-    axis = 1 if linear.kind == "conv" else -1
+    axis = _channel_axis(linear)
     return before[0] == after[0] and isinstance(before[axis], int) and before[axis] == after[axis]
 
 
-def _merge(linear: Layer, affine: Layer, shape: tuple | None) -> bool:
-    """Merge `affine` (whose input has `shape`) into the output side of `linear` in place; False when
-    the affine is not per output channel."""
-    weight = linear.params["weight"]
-    channels = weight.shape[0]
-    rank = len(shape) if shape is not None else (weight.ndim if linear.kind == "conv" else 2)
-    axis = 1 if linear.kind == "conv" else -1
-    scale = _per_channel(affine.params["scale"], rank, axis, channels)
-    shift = _per_channel(affine.params["shift"], rank, axis, channels)
-    if scale is None or shift is None:
-        return False
+def _channel_affine(affine: Layer, linear: Layer, channels: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) of `affine` as vectors over `linear`'s channel axis, or None when they vary along
+    another axis (then no fold is exact)."""
+    shape = affine.input_shapes[0]
+    rank = len(shape) if shape is not None else (linear.params["weight"].ndim if linear.kind == "conv" else 2)
+    vectors = [_per_channel(affine.params[key], rank, _channel_axis(linear), channels) for key in ("scale", "shift")]
+    return None if vectors[0] is None or vectors[1] is None else (vectors[0], vectors[1])
+
+
+def _bias(linear: Layer) -> np.ndarray:
+    """The layer's bias in float64, zeros when it has none."""
     bias = linear.params.get("bias")
-    bias = np.zeros(channels) if bias is None else bias.astype(np.float64)
+    return np.zeros(linear.params["weight"].shape[0]) if bias is None else bias.astype(np.float64)
+
+
+def _merge(linear: Layer, affine: Layer) -> bool:
+    """Merge `affine` into the output side of `linear` in place; False when it is not per output channel."""
+    weight = linear.params["weight"]
+    found = _channel_affine(affine, linear, weight.shape[0])
+    if found is None:
+        return False
+    scale, shift = found
+    linear.params["bias"] = _bias(linear) * scale + shift
     linear.params["weight"] = weight.astype(np.float64) * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
-    linear.params["bias"] = bias * scale + shift
     linear.op_type = f"{linear.op_type}+{affine.op_type}"
     return True
 
@@ -227,25 +241,19 @@ def fold_affine_right(layers: list[Layer], inputs: Iterable[str]) -> list[Layer]
 
 def _merge_right(affine: Layer, linear: Layer) -> bool:
     """Merge `affine` into the input side of `linear` in place; False where that is not exact."""
-    weight = linear.params.get("weight") if linear.kind in FOLDS_INTO else None
-    if weight is None:
+    if linear.kind not in FOLDS_INTO or linear.attrs.get("axis", -1) != -1:
         return False
     if linear.kind == "conv" and (linear.attrs["group"] != 1 or any(linear.attrs["pads"])
                                   or linear.attrs["auto_pad"] not in ("NOTSET", "VALID")):
         return False
-    shape = affine.input_shapes[0]
-    rank = len(shape) if shape is not None else weight.ndim
-    axis = 1 if linear.kind == "conv" else -1
-    scale = _per_channel(affine.params["scale"], rank, axis, weight.shape[1])
-    shift = _per_channel(affine.params["shift"], rank, axis, weight.shape[1])
-    if scale is None or shift is None:
+    w = linear.params["weight"].astype(np.float64)
+    found = _channel_affine(affine, linear, w.shape[1])
+    if found is None:
         return False
-    w = weight.astype(np.float64)
+    scale, shift = found
     spread = (1, -1) + (1,) * (w.ndim - 2)
-    bias = linear.params.get("bias")
-    bias = np.zeros(w.shape[0]) if bias is None else bias.astype(np.float64)
+    linear.params["bias"] = _bias(linear) + (w * shift.reshape(spread)).reshape(w.shape[0], -1).sum(axis=1)
     linear.params["weight"] = w * scale.reshape(spread)
-    linear.params["bias"] = bias + (w * shift.reshape(spread)).reshape(w.shape[0], -1).sum(axis=1)
     linear.inputs = list(affine.inputs)
     linear.input_shapes = list(affine.input_shapes)
     linear.op_type = f"{affine.op_type}+{linear.op_type}"

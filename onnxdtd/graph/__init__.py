@@ -52,11 +52,18 @@ def load(model: ModelSource, strict: bool = True, output: str | int | None = Non
     if others or not inputs:
         raise ModelLoadError(f"every model input the output depends on must be floating-point; got "
                              f"{list(inputs) or 'none'} (not float: {others})")
-    layers, derived = fold_affine(_convert(g, strict), output)
-    layers, output, head = binary_head(fold_affine_right(layers, inputs), output)
-    layers, output, stripped = strip_final(layers, output, strict)
-    return LayerList(layers, inputs, output, g.shapes.get(output), g.proto,
-                     "Sigmoid" if head else stripped, {**derived, **head})
+    layers, output, stripped, derived = _canonical(g, output, strict)
+    return LayerList(layers, inputs, output, g.shapes.get(output), g.proto, stripped, derived)
+
+
+def _canonical(g: Graph, output: str, strict: bool, errors: list[UnsupportedOperatorError] | None = None
+               ) -> tuple[list[Layer], str, str | None, dict]:
+    """Layers with affine layers folded, the binary head turned into logits and a final squashing op
+    stripped: (layers, explained tensor, stripped op type, derived tensors)."""
+    layers, derived = fold_affine(_convert(g, strict, errors), output)
+    layers, output, head = binary_head(fold_affine_right(layers, g.inputs), output)
+    layers, output, stripped = strip_final(layers, output, strict, errors)
+    return layers, output, "Sigmoid" if head else stripped, {**derived, **head}
 
 
 def find_unsupported(model: ModelSource, strict: bool = True,
@@ -64,6 +71,5 @@ def find_unsupported(model: ModelSource, strict: bool = True,
     """Every node of `model` that onnxdtd cannot explain (empty when the whole graph is supported)."""
     g, output = _graph(model, output)
     errors: list[UnsupportedOperatorError] = []
-    layers, output, _ = binary_head(fold_affine(_convert(g, strict, errors), output)[0], output)
-    strip_final(layers, output, strict, errors)
+    _canonical(g, output, strict, errors)
     return errors

@@ -44,13 +44,11 @@ HINTS = {
                           "treatment holds the standard deviation constant, as for BatchNorm)",
     "GroupNormalization": "normalizes by the statistics of its own input; no LRP rule yet",
     "InstanceNormalization": "normalizes by the statistics of its own input; no LRP rule yet",
-    "Gelu": "a nonlinear elementwise op with no rule: Explainer(strict=False) / --lenient passes relevance through",
     "LSTM": "recurrent cells need rules for their multiplicative gates (not implemented)",
     "GRU": "recurrent cells need rules for their multiplicative gates (not implemented)",
     "RNN": "recurrent cells are not supported",
     "Attention": "attention multiplies activations with each other (needs AH-LRP-style rules, not implemented)",
     "MultiHeadAttention": "attention multiplies activations with each other (not implemented)",
-    "Resize": "only mode='nearest' is supported",
 }
 
 

@@ -26,11 +26,8 @@ def prelu(node: Node, ctx: BuildContext) -> Layer:
 
 @register(*NO_RULE, note='no relevance rule: an error, or passed through unchanged with strict=False (--lenient)')
 def no_rule(node: Node, ctx: BuildContext) -> Layer:
-    return lenient(node, ctx, single_activation(node, ctx))
-
-
-def lenient(node: Node, ctx: BuildContext, x: str) -> Layer:
     """A nonlinear elementwise op with no rule: relevance passes through when not strict."""
+    x = single_activation(node, ctx)
     if ctx.strict:
         raise ctx.unsupported(node, "a nonlinear elementwise op with no relevance rule; "
                                     "Explainer(strict=False) / --lenient passes relevance through it unchanged")

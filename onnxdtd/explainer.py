@@ -10,7 +10,7 @@ import onnx
 
 from .backends import get_backend
 from .bounds import Bounds, check_bounds, layer_bounds
-from .engine import Walk, backward
+from .engine import Walk, backward, reads, run_shapes, static_shapes
 from .errors import ConfigError, InputError, LenientWarning, TargetError
 from .forward import Forward
 from .graph import LayerList, load
@@ -60,9 +60,14 @@ class Explainer:
             sample = (shape or (None,))[1:]
             if all(isinstance(d, int) and d > 0 for d in sample):
                 check_bounds(*self._bounds_of(name), sample)
-        tensors = {name for layer in self.model for name in (*layer.inputs, *layer.outputs)}
-        self.forward = Forward(self.model.proto, self.model.inputs, sorted(tensors | {self.model.output_name}),
-                               providers, self.model.derived)
+        # Exposed: what the kernels read, and every tensor whose run-time shape the static shapes
+        # cannot give (routing layers need their input shapes).
+        self.static = static_shapes(self.model)
+        self.batch = next(iter(self.model.inputs.values()), None)
+        self.batch = self.batch[0] if self.batch else None
+        fixed = run_shapes(self.static, self.batch, 1, self.static)
+        exposed = set(reads(self.model, self.rules)) | {self.model.output_name} | (set(self.static) - set(fixed))
+        self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived)
         self.input_dtypes = _input_dtypes(self.model)
 
     def explain(self, x, target=None, init: str = "logit", keep: bool = False) -> Explanation:
@@ -82,7 +87,8 @@ class Explainer:
         rows = np.arange(n)
         start = np.zeros(logits.shape, self.dtype)
         start[rows, targets] = logits[rows, targets] if init == "logit" else 1.0
-        walk = self._walk(feeds, acts)
+        walk = self._walk(feeds, acts, n)
+        del acts  # the walk holds the only references and releases each activation when done with it
         found, kept = backward(walk, walk.backend.asarray(start.reshape(output.shape), self.dtype), keep)
         relevance = {name: (self.backend.to_numpy(found[name]) if name in found else np.zeros(x.shape))
                      .astype(self.dtype, copy=False) for name, x in feeds.items()}
@@ -94,10 +100,11 @@ class Explainer:
         pick = lambda v, default: v.get(name, default) if isinstance(v, Mapping) else v  # noqa: E731
         return pick(self.low, 0.0), pick(self.high, 1.0)
 
-    def _walk(self, feeds: dict[str, np.ndarray], acts: dict[str, np.ndarray]) -> Walk:
+    def _walk(self, feeds: dict[str, np.ndarray], acts: dict[str, np.ndarray], n: int) -> Walk:
         given: dict[str, Bounds] = {name: check_bounds(*self._bounds_of(name), x.shape[1:])
                                     for name, x in feeds.items()}
-        shapes = {name: value.shape for name, value in acts.items()}
+        shapes = {**run_shapes(self.static, self.batch, n, self.static),
+                  **{name: value.shape for name, value in acts.items()}}
         bounds = {}
         for layer, rule in zip(self.model, self.rules):
             if rule is not None and rule.uses_bounds:
@@ -105,7 +112,7 @@ class Explainer:
                 lo, hi = (rule.low, rule.high) if own else layer_bounds(self.model, layer, given, shapes)
                 bounds[layer.index] = (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
         device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items()}
-        return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds)
+        return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes)
 
     def _check_inputs(self, x) -> dict[str, np.ndarray]:
         """The inputs as validated arrays by name."""

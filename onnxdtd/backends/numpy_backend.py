@@ -3,15 +3,17 @@ transposed pass, multiply."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
 from ..graph.layer import Layer
 from ..graph.ops.index import source_index
-from ..rules.base import PARAMS, Rule, stabilize
+from ..rules.base import Rule, stabilize
 from .base import Backend
 from .geometry import Window, window
+from .terms import bind
 
 
 def _pad(x: np.ndarray, win: Window, value: float = 0.0) -> np.ndarray:
@@ -181,30 +183,17 @@ class NumpyBackend(Backend):
 
     def linear(self, layer: Layer, rule: Rule, a, z, relevance, low, high):
         op = OPS[layer.kind](layer, a.shape)
-        weight = layer.params.get("weight")
-        weight = np.asarray(1.0 if weight is None else weight, a.dtype)
-        bias = layer.params.get("bias")
-        bias = None if bias is None else np.asarray(bias, a.dtype)
-        inputs = {"x": lambda: a, "pos": lambda: a.clip(min=0), "neg": lambda: a.clip(max=0),
-                  "low": lambda: np.broadcast_to(low, a.shape), "high": lambda: np.broadcast_to(high, a.shape),
-                  "one": lambda: np.ones_like(a)}
-        # a⁻ after a Relu (or a⁺ before one) is all zero: its terms contribute nothing.
-        vanishing = {name for name, empty in (("pos", a.max() <= 0), ("neg", a.min() >= 0)) if empty}
         result = np.zeros_like(a)
-        for group in rule.groups:
-            terms = [(t, inputs[t.input](), PARAMS[t.weight](weight, rule.gamma),
-                      None if t.bias is None or bias is None else PARAMS[t.bias](bias, rule.gamma))
-                     for t in group.terms if not (t.input in vanishing and t.bias is None)]
-            if not terms:
-                continue
+        for group, terms in bind(layer, rule, a, low, high):
+            terms = [t if t.x.shape == a.shape else replace(t, x=np.broadcast_to(t.x, a.shape)) for t in terms]
             # The plain group's denominator is the forward pass's own output: reused, and consistent
             # with the activations that the relevance arriving here is proportional to.
-            denom = z if group.is_plain else sum(t.sign * op.forward(x, w, b) for t, x, w, b in terms)
+            denom = z if group.is_plain else sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
             s = relevance / stabilize(denom, rule.stabilizer)
             if group.mask is not None:
                 s = s * ((z > 0) if group.mask == "pos" else (z < 0))
-            for t, x, w, _ in terms:
-                result += (group.coeff * t.sign) * x * op.transpose(s, w)
+            for t in terms:
+                result += (group.coeff * t.sign) * t.x * op.transpose(s, t.w)
         return result
 
     def maxpool(self, layer: Layer, a, relevance, mode: str):

@@ -29,6 +29,7 @@ class Layer:
     input_shapes: list[Shape] = field(default_factory=list)
     output_shapes: list[Shape] = field(default_factory=list)
     index: int = -1
+    nonnegative_input: bool = False  # the graph proves the first input >= 0 (see graph.signs)
     cache: dict = field(default_factory=dict, repr=False, compare=False)  # per-input-shape derived data
 
     @property
@@ -72,8 +73,12 @@ class LayerList:
     derived: dict[str, "Derived"] = field(default_factory=dict)  # tensors computed from onnxruntime's
 
     def __post_init__(self) -> None:
+        from .signs import nonnegative
+
+        known = nonnegative(self.layers)
         for i, layer in enumerate(self.layers):
             layer.index = i
+            layer.nonnegative_input = bool(layer.inputs) and layer.inputs[0] in known
 
     @property
     def input_name(self) -> str:

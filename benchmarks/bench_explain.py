@@ -1,7 +1,10 @@
-"""Time onnxdtd explanations against onnxruntime's own forward pass of the same model.
+"""Time onnxdtd explanations against onnxruntime's own forward pass of the same model, and zennit.
 
-For every batch size, backend and preset it prints the median forward time, the median explain
-time and their ratio (the yardstick of DESIGN.md), all measured in one process on one input.
+For every model, batch size, backend and preset it prints the median forward time, the median
+explain time and their ratio (the yardstick of DESIGN.md), the peak resident memory of a fresh
+process that runs one explanation (and of one that runs one forward pass), and — where torch and zennit are installed and the model is one of the torchvision
+benchmark models — zennit's time for the same rules on the same model and input, all measured in
+one process on one input.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -21,8 +26,15 @@ import onnxruntime as ort
 
 import onnxdtd
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "mnist_cnn.onnx"
-COLUMNS = ("model", "batch", "backend", "preset", "forward_ms", "explain_ms", "ratio")
+try:
+    from zoo import NAMES, onnx_path, torch_model
+except ImportError:  # imported as benchmarks.bench_explain
+    from .zoo import NAMES, onnx_path, torch_model
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "mnist_cnn.onnx"
+# (model, batch sizes) measured by default: the issue's matrix.
+DEFAULT = [("vgg16", [1, 8]), ("resnet18", [1, 8]), ("resnet50", [1, 8]), ("mnist_cnn", [256])]
+COLUMNS = ("model", "batch", "backend", "preset", "forward_ms", "explain_ms", "ratio", "peak_mb")
 
 
 def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
@@ -37,6 +49,35 @@ def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+PEAK = """
+import resource, sys, numpy as np, onnxruntime as ort, onnxdtd
+path, backend, preset, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+shape = session.get_inputs()[0].shape[1:]
+x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
+if backend == "onnxruntime":
+    session.run(None, {session.get_inputs()[0].name: x})
+else:
+    onnxdtd.Explainer(path, rules=preset, backend=backend).explain(x)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_mb(path: Path, backend: str, preset: str, batch: int) -> float:
+    """Peak resident memory (MB) of a fresh process that runs one forward pass ('onnxruntime') or one
+    explanation: every allocation counts (numpy, onnxruntime, compiled kernels)."""
+    done = subprocess.run([sys.executable, "-c", PEAK, str(path), backend, preset, str(batch)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1]) / 1024
+
+
+def model_path(name: str) -> Path:
+    """The shipped CNN, a torchvision benchmark model (exported on first use), or a path."""
+    if name == "mnist_cnn":
+        return SHIPPED
+    return onnx_path(name) if name in NAMES else Path(name)
+
+
 def random_input(session: ort.InferenceSession, batch: int, seed: int = 0) -> np.ndarray:
     """Uniform [0, 1) float32 input of the model's input shape with batch samples."""
     shape = session.get_inputs()[0].shape
@@ -46,27 +87,65 @@ def random_input(session: ort.InferenceSession, batch: int, seed: int = 0) -> np
     return np.random.default_rng(seed).random((batch, *rest), dtype=np.float32)
 
 
-def bench_batch(model: Path, batch: int, backends: list[str], presets: list[str],
-                warmup: int, repeats: int) -> list[dict]:
-    """Return one result row per (backend, preset) for one batch size."""
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+def zennit_timer(name: str, x: np.ndarray) -> Callable[[], object] | None:
+    """One zennit DTD attribution (z^B on the first layer, z⁺ elsewhere, bias excluded as in onnxdtd's
+    preset) of the torchvision model `name` on x, composite registered once; None without zennit."""
+    if name not in NAMES:
+        return None
+    try:
+        import torch
+        from zennit import composites, rules, types
+        from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    except ImportError:
+        return None
+    model = torch_model(name)
+    canonizer = ResNetCanonizer() if name.startswith("resnet") else VGGCanonizer()
+    composite = composites.SpecialFirstLayerMapComposite(
+        layer_map=composites.layer_map_base() + [(types.Linear, rules.ZPlus(zero_params=["bias"]))],
+        first_map=[(types.Linear, rules.ZBox(low=0.0, high=1.0))], canonizers=[canonizer])
+    composite.register(model)
+    xt = torch.from_numpy(x)
+
+    def attribute():
+        inp = xt.clone().requires_grad_(True)
+        out = model(inp)
+        grad = torch.zeros_like(out)
+        rows = torch.arange(len(out))
+        grad[rows, out.argmax(1)] = out[rows, out.argmax(1)].detach()
+        (relevance,) = torch.autograd.grad(out, inp, grad)
+        return relevance
+
+    return attribute
+
+
+def bench(name: str, batch: int, backends: list[str], presets: list[str], warmup: int, repeats: int,
+          with_zennit: bool) -> list[dict]:
+    """One result row per (backend, preset), plus zennit's, for one model and batch size."""
+    path = model_path(name)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = random_input(session, batch)
     feed = {session.get_inputs()[0].name: x}
     forward = median_ms(lambda: session.run(None, feed), warmup, repeats)
-    rows = []
+    row = partial(dict, model=path.stem, batch=batch, forward_ms=forward)
+    rows = [row(backend="onnxruntime", preset="forward", explain_ms=forward, ratio=1.0,
+                peak_mb=peak_mb(path, "onnxruntime", "", batch))]
     for backend in backends:
         for preset in presets:
-            ex = onnxdtd.Explainer(str(model), rules=preset, low=0.0, high=1.0,
-                                   maxpool="winner", backend=backend)
+            ex = onnxdtd.Explainer(str(path), rules=preset, low=0.0, high=1.0, maxpool="winner", backend=backend)
             explain = median_ms(partial(ex.explain, x), warmup, repeats)
-            rows.append(dict(model=model.name, batch=batch, backend=backend, preset=preset,
-                             forward_ms=forward, explain_ms=explain, ratio=explain / forward))
+            rows.append(row(backend=backend, preset=preset, explain_ms=explain, ratio=explain / forward,
+                            peak_mb=peak_mb(path, backend, preset, batch)))
+    attribute = zennit_timer(name, x) if with_zennit else None
+    if attribute is not None:
+        explain = median_ms(attribute, warmup, repeats)
+        rows.append(row(backend="zennit", preset="dtd", explain_ms=explain, ratio=explain / forward,
+                        peak_mb=float("nan")))
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """Render the rows as an aligned plain-text table."""
-    cells = [[f"{r[c]:.3f}" if c.endswith("_ms") else f"{r[c]:.1f}x" if c == "ratio" else str(r[c])
+    cells = [[f"{r[c]:.1f}" if c.endswith(("_ms", "_mb")) else f"{r[c]:.2f}x" if c == "ratio" else str(r[c])
               for c in COLUMNS] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
     return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
@@ -76,22 +155,26 @@ def format_table(rows: list[dict]) -> str:
 
 def environment() -> dict:
     """Versions and machine facts that the numbers depend on."""
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     return dict(onnxdtd=getattr(onnxdtd, "__version__", "?"), onnxruntime=ort.__version__,
-                numpy=np.__version__, python=platform.python_version(),
-                machine=platform.machine(), cpus=os.cpu_count())
+                numpy=np.__version__, python=platform.python_version(), cpu=cpu, cpus=os.cpu_count())
 
 
 def parse_args() -> argparse.Namespace:
     """Parse the command line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
-                   help="ONNX model with a dynamic batch axis (default: the shipped MNIST CNN)")
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 256], help="batch sizes")
+    p.add_argument("models", nargs="*",
+                   help=f"models: {', '.join(NAMES)}, mnist_cnn (the shipped CNN) or an ONNX path with a "
+                        "dynamic batch axis (default: the VGG16/ResNet18/ResNet50 and mnist_cnn matrix)")
+    p.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 1 8 for the torchvision "
+                                                       "models, 256 for mnist_cnn)")
     p.add_argument("--presets", nargs="+", default=["dtd"], help="onnxdtd rule presets")
     p.add_argument("--backends", nargs="+", default=None,
                    help="backends to time (default: onnxdtd.available_backends())")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls; the median is reported")
+    p.add_argument("--no-zennit", action="store_true", help="skip zennit even where it is installed")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls; the median is reported")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return p.parse_args()
 
@@ -99,11 +182,17 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     """Run the benchmark and report it."""
     args = parse_args()
+    plan = [(m, args.batch or dict(DEFAULT).get(m, [1])) for m in args.models] if args.models else \
+        [(m, args.batch or b) for m, b in DEFAULT]
     backends = args.backends or onnxdtd.available_backends()
-    rows = [row for batch in args.batch for row in
-            bench_batch(args.model, batch, backends, args.presets, args.warmup, args.repeats)]
+    rows = []
+    for name, batches in plan:
+        for batch in batches:
+            found = bench(name, batch, backends, args.presets, args.warmup, args.repeats, not args.no_zennit)
+            print(format_table(found), flush=True)
+            rows += found
     env = environment()
-    print(format_table(rows))
+    print("\n" + format_table(rows))
     print(", ".join(f"{k} {v}" for k, v in env.items()))
     if args.json:
         args.json.write_text(json.dumps(dict(environment=env, results=rows), indent=2) + "\n")

@@ -66,7 +66,8 @@ class Explainer:
         self.batch = next(iter(self.model.inputs.values()), None)
         self.batch = self.batch[0] if self.batch else None
         fixed = run_shapes(self.static, self.batch, 1, self.static)
-        exposed = set(reads(self.model, self.rules)) | {self.model.output_name} | (set(self.static) - set(fixed))
+        self.reads = set(reads(self.model, self.rules))
+        exposed = self.reads | {self.model.output_name} | (set(self.static) - set(fixed))
         self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived)
         self.input_dtypes = _input_dtypes(self.model)
 
@@ -111,7 +112,7 @@ class Explainer:
                 own = rule.low is not None and rule.high is not None
                 lo, hi = (rule.low, rule.high) if own else layer_bounds(self.model, layer, given, shapes)
                 bounds[layer.index] = (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
-        device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items()}
+        device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items() if name in self.reads}
         return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes)
 
     def _check_inputs(self, x) -> dict[str, np.ndarray]:

@@ -8,8 +8,25 @@ from ..errors import ConfigError
 from .base import Backend
 from .numpy_backend import NumpyBackend
 
-# Preference order for backend="auto": fastest first.
-FACTORIES: dict[str, Callable[[], Backend]] = {"numpy": NumpyBackend}
+
+def _cpp() -> Backend:
+    import scipy_openblas32  # noqa: F401  (loads the OpenBLAS that the extension links)
+
+    from .. import _core
+    from .compiled import CompiledBackend
+
+    return CompiledBackend("cpp", _core)
+
+
+def _numba() -> Backend:
+    from . import numba_kernels
+    from .compiled import CompiledBackend
+
+    return CompiledBackend("numba", numba_kernels)
+
+
+# Preference order for backend="auto": fastest first (benchmarks/README.md has the measurements).
+FACTORIES: dict[str, Callable[[], Backend]] = {"cpp": _cpp, "numba": _numba, "numpy": NumpyBackend}
 
 
 def _try(name: str) -> Backend | None:

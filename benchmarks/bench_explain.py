@@ -50,7 +50,7 @@ def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
 
 
 PEAK = """
-import resource, sys, numpy as np, onnxruntime as ort, onnxdtd
+import sys, numpy as np, onnxruntime as ort, onnxdtd
 path, backend, preset, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 shape = session.get_inputs()[0].shape[1:]
@@ -59,13 +59,16 @@ if backend == "onnxruntime":
     session.run(None, {session.get_inputs()[0].name: x})
 else:
     onnxdtd.Explainer(path, rules=preset, backend=backend).explain(x)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 """
 
 
 def peak_mb(path: Path, backend: str, preset: str, batch: int) -> float:
-    """Peak resident memory (MB) of a fresh process that runs one forward pass ('onnxruntime') or one
-    explanation: every allocation counts (numpy, onnxruntime, compiled kernels)."""
+    """Peak resident memory (MB, VmHWM: unlike ru_maxrss it is not inherited across exec) of a fresh
+    process that runs one forward pass ('onnxruntime') or one explanation: every allocation counts
+    (numpy, onnxruntime, compiled kernels). NaN without /proc."""
+    if not os.path.exists("/proc/self/status"):
+        return float("nan")
     done = subprocess.run([sys.executable, "-c", PEAK, str(path), backend, preset, str(batch)],
                           capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1]) / 1024

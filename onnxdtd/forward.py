@@ -36,6 +36,7 @@ class Forward:
         # tensors stay the model's own, and the kernels it picks (NCHWc convolutions) are its fastest.
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(model.SerializeToString(), options,
                                                 providers=list(providers or ["CPUExecutionProvider"]))

@@ -1,5 +1,7 @@
 """Backend selection: only working backends are listed, a failing one is dropped with a warning,
 'auto' takes the fastest that works, and unknown names are a ConfigError."""
+import os
+
 import pytest
 
 import onnxdtd
@@ -48,3 +50,11 @@ def test_asking_for_a_failing_backend_is_a_config_error(with_broken):
 def test_unknown_backend_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown backend 'fortran'"):
         onnxdtd.Explainer("models/mnist_cnn.onnx", backend="fortran")
+
+
+REQUIRED = [name for name in os.environ.get("ONNXDTD_REQUIRE_BACKENDS", "").split(",") if name]
+
+
+@pytest.mark.skipif(not REQUIRED, reason="ONNXDTD_REQUIRE_BACKENDS is not set (CI sets it)")
+def test_the_required_backends_work_here():
+    assert set(REQUIRED) <= set(onnxdtd.available_backends())

@@ -1,5 +1,5 @@
 """Build the JAX / Flax coverage models: small Flax NNX and Linen modules and a plain jax function,
-exported to ONNX with jax2onnx, written to tests/coverage/models/jax/.
+exported to ONNX with jax2onnx, written to tests/frameworks/models/jax/.
 
 For every model this writes ``<name>.onnx`` (dynamic batch axis "B", unless noted) and ``<name>.npz``
 with an input batch ``x`` (N = 2) and JAX's own output ``y`` for it, and finally
@@ -9,9 +9,9 @@ JAX is not a dependency of onnxdtd or of its tests: run this in a separate envir
 
     python3 -m venv /work/venv-jax && . /work/venv-jax/bin/activate
     pip install jax flax jax2onnx onnx onnxruntime numpy
-    python tests/coverage/build_jax.py            # all models; or name some: ... mlp cnn
+    python tests/frameworks/build_jax.py            # all models; or name some: ... mlp cnn
 
-tests/coverage/test_jax.py only reads the committed files. Weights are random with fixed seeds
+tests/frameworks/test_jax.py only reads the committed files. Weights are random with fixed seeds
 (biases and BatchNorm statistics non-trivial); BatchNorm runs with use_running_average=True.
 """
 from __future__ import annotations
@@ -421,7 +421,7 @@ def readme(rows: list[dict]) -> str:
     lines = [
         "# JAX / Flax coverage models",
         "",
-        "Made by `tests/coverage/build_jax.py` (run it in an environment with JAX; onnxdtd's tests only read",
+        "Made by `tests/frameworks/build_jax.py` (run it in an environment with JAX; onnxdtd's tests only read",
         "these files). Each `<name>.onnx` was exported by jax2onnx with",
         "`to_onnx(fn, [(\"B\", *sample_shape)], input_names=[\"x\"], output_names=[\"logits\"])`; each",
         "`<name>.npz` holds an input batch `x` (N = 2) and JAX's own output `y` for it. Weights are random",
@@ -441,7 +441,7 @@ def readme(rows: list[dict]) -> str:
         shape = "(" + ", ".join(str(d) for d in r["shape"]) + ")"
         lines.append(f"| `{r['name']}` | {shape} {r['dtype']} | {r['bytes']} | {ops} ({r['opset']}{fn}) "
                      f"| {r['what']} |")
-    lines += ["", "`tests/coverage/test_jax.py` lists in `PENDING` the models whose ops onnxdtd does not support",
+    lines += ["", "`tests/frameworks/test_jax.py` lists in `PENDING` the models whose ops onnxdtd does not support",
               "yet, and in `NOT_CONSERVED` and `STALE_SHAPES` the known problems of the others.", ""]
     return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """Exporter coverage: JAX / Flax models exported with jax2onnx.
 
-The models are committed under tests/coverage/models/jax/ (made by tests/coverage/build_jax.py, which
+The models are committed under tests/frameworks/models/jax/ (made by tests/frameworks/build_jax.py, which
 needs JAX; this module does not): ``<name>.onnx`` and ``<name>.npz`` with an input batch ``x`` and
 JAX's own output ``y``. Every committed model is checked here: onnxdtd reads it, explains exactly the
 output JAX computed, DTD chains conserve the logit, and float32 and float64 backward passes agree.

@@ -5,9 +5,9 @@ its own (never install TensorFlow into onnxdtd's):
 
     python3 -m venv /work/venv-tf && . /work/venv-tf/bin/activate
     pip install tensorflow-cpu tf2onnx onnx onnxruntime numpy
-    python tests/coverage/build_keras.py [NAME ...]      # from the repository root; default: all
+    python tests/frameworks/build_keras.py [NAME ...]      # from the repository root; default: all
 
-For every model it writes into tests/coverage/models/keras/:
+For every model it writes into tests/frameworks/models/keras/:
 
     <name>_opset13.onnx, <name>_opset18.onnx   tf2onnx's export (dynamic batch axis), opset 13 and 18
                                                (18 is the newest opset tf2onnx 1.17 accepts)

@@ -1,6 +1,6 @@
 """Exporter coverage: Keras 3 / TensorFlow models exported with tf2onnx.
 
-Reads only the committed files in tests/coverage/models/keras/ (made by build_keras.py, which needs
+Reads only the committed files in tests/frameworks/models/keras/ (made by build_keras.py, which needs
 TensorFlow; these tests do not): <name>_opset<k>.onnx and <name>.npz with the input batch `x`
 (channels-last), Keras's output `y` and the logits before a final softmax.
 

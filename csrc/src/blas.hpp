@@ -26,13 +26,17 @@
 #define ONNXDTD_ROW_MAJOR CblasRowMajor
 #define ONNXDTD_TRANS(t) ((t) ? CblasTrans : CblasNoTrans)
 
-#else  // no header: declare the two routines with the reference CBLAS ABI
+#else  // no header: declare the routines with the reference CBLAS ABI
 
 extern "C" {
 void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
                  int lda, const float* b, int ldb, float beta, float* c, int ldc);
 void cblas_dgemm(int order, int trans_a, int trans_b, int m, int n, int k, double alpha,
                  const double* a, int lda, const double* b, int ldb, double beta, double* c, int ldc);
+void cblas_sgemv(int order, int trans, int m, int n, float alpha, const float* a, int lda, const float* x,
+                 int incx, float beta, float* y, int incy);
+void cblas_dgemv(int order, int trans, int m, int n, double alpha, const double* a, int lda, const double* x,
+                 int incx, double beta, double* y, int incy);
 }
 #define ONNXDTD_CBLAS(name) name
 #define ONNXDTD_ROW_MAJOR 101
@@ -70,33 +74,59 @@ inline int to_int(int64_t v) {
     return static_cast<int>(v);
 }
 
-// C (m x n, row-major, leading dim ldc) = alpha * op(A) (m x k) @ op(B) (k x n) + beta * C.
-inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-                 const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-                 int64_t ldc) {
-    if (m == 0 || n == 0) return;
-    if (k == 0) {  // C = beta * C: nothing for the BLAS to multiply (and lda = 0 would be illegal)
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? float(0) : beta * c[i * ldc + j];
-        return;
-    }
+// The BLAS gemm itself (gemm below handles the edge cases).
+inline void gemm_call(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+                      const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                      int64_t ldc) {
     ONNXDTD_CBLAS(cblas_sgemm)(ONNXDTD_ROW_MAJOR, ONNXDTD_TRANS(trans_a), ONNXDTD_TRANS(trans_b),
                                to_int(m), to_int(n), to_int(k), alpha, a, to_int(lda), b,
                                to_int(ldb), beta, c, to_int(ldc));
 }
 
-inline void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
-                 const double* a, int64_t lda, const double* b, int64_t ldb, double beta,
-                 double* c, int64_t ldc) {
-    if (m == 0 || n == 0) return;
-    if (k == 0) {  // C = beta * C: nothing for the BLAS to multiply (and lda = 0 would be illegal)
-        for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? double(0) : beta * c[i * ldc + j];
-        return;
-    }
+inline void gemm_call(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha,
+                      const double* a, int64_t lda, const double* b, int64_t ldb, double beta, double* c,
+                      int64_t ldc) {
     ONNXDTD_CBLAS(cblas_dgemm)(ONNXDTD_ROW_MAJOR, ONNXDTD_TRANS(trans_a), ONNXDTD_TRANS(trans_b),
                                to_int(m), to_int(n), to_int(k), alpha, a, to_int(lda), b,
                                to_int(ldb), beta, c, to_int(ldc));
+}
+
+// y = alpha * op(A) x + beta * y, A (rows x cols, row-major, leading dim lda); x and y strided.
+// beta = 0 writes y without reading it.
+inline void gemv(bool trans, int64_t rows, int64_t cols, float alpha, const float* a, int64_t lda,
+                 const float* x, int64_t incx, float beta, float* y, int64_t incy) {
+    if (beta == 0)
+        for (int64_t i = 0, len = trans ? cols : rows; i < len; ++i) y[i * incy] = 0;
+    ONNXDTD_CBLAS(cblas_sgemv)(ONNXDTD_ROW_MAJOR, ONNXDTD_TRANS(trans), to_int(rows), to_int(cols), alpha, a,
+                               to_int(lda), x, to_int(incx), beta, y, to_int(incy));
+}
+
+inline void gemv(bool trans, int64_t rows, int64_t cols, double alpha, const double* a, int64_t lda,
+                 const double* x, int64_t incx, double beta, double* y, int64_t incy) {
+    if (beta == 0)
+        for (int64_t i = 0, len = trans ? cols : rows; i < len; ++i) y[i * incy] = 0;
+    ONNXDTD_CBLAS(cblas_dgemv)(ONNXDTD_ROW_MAJOR, ONNXDTD_TRANS(trans), to_int(rows), to_int(cols), alpha, a,
+                               to_int(lda), x, to_int(incx), beta, y, to_int(incy));
+}
+
+// C (m x n, row-major, leading dim ldc) = alpha * op(A) (m x k) @ op(B) (k x n) + beta * C.
+// A product with one row or one column goes to gemv: OpenBLAS's gemm would first copy (pack) the
+// whole other matrix, which halves the memory bandwidth of these memory-bound products.
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // C = beta * C: nothing for the BLAS to multiply (and lda = 0 would be illegal)
+        for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? T(0) : beta * c[i * ldc + j];
+        return;
+    }
+    if (m == 1)  // c = op(B)^T a
+        gemv(!trans_b, trans_b ? n : k, trans_b ? k : n, alpha, b, ldb, a, trans_a ? lda : 1, beta, c, 1);
+    else if (n == 1)  // c = op(A) b
+        gemv(trans_a, trans_a ? k : m, trans_a ? m : k, alpha, a, lda, b, trans_b ? 1 : ldb, beta, c, ldc);
+    else
+        gemm_call(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 }  // namespace onnxdtd::blas

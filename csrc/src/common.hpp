@@ -26,6 +26,15 @@ inline int thread_count() {
 #endif
 }
 
+// Whether the caller already runs inside a parallel region (whose threads are all busy).
+inline bool in_parallel() {
+#ifdef _OPENMP
+    return omp_in_parallel() != 0;
+#else
+    return false;
+#endif
+}
+
 inline int thread_id() {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -34,10 +43,12 @@ inline int thread_id() {
 #endif
 }
 
-// s(d) = d + eps if d >= 0 else d - eps (NaN stays NaN), as onnxdtd.rules.base.stabilize.
+// s(d) = d + eps if d >= 0 else d - eps (NaN stays NaN), as onnxdtd.rules.base.stabilize. Written
+// as one add of a selected constant (d - eps == d + -eps exactly): a select between two sums would
+// keep the loops that call it from vectorizing (the compiler does not evaluate both sums).
 template <class T>
 inline T stab(T d, T eps) {
-    return d >= T(0) ? d + eps : d - eps;
+    return d + (d >= T(0) ? eps : -eps);
 }
 
 // A Window seen as 2-D: spatial rank 1 becomes an image of height 1.
@@ -62,17 +73,30 @@ inline Geo geo(const Window& w) {
             w.pad_begin[1]};
 }
 
-// Calls f(n, oy, ox, len, j) for every run of output positions along one output row within the
-// flattened column range [q0, q1), q = n * P + oy * ow + ox; j = q - q0 is the column index.
+// A half-open index range.
+struct Span {
+    int64_t lo, hi;
+};
+
+// The steps o in [0, count) whose index first + o * step lies in [0, size).
+inline Span inside(int64_t first, int64_t count, int64_t step, int64_t size) {
+    const int64_t lo = first >= 0 ? 0 : (-first + step - 1) / step;
+    const int64_t hi = first >= size ? 0 : std::min(count, (size - 1 - first) / step + 1);
+    return {std::min(lo, hi), hi};
+}
+
+// The output columns whose kernel column kx reads an input column inside [0, iw).
+inline Span valid_cols(const Geo& g, int64_t kx) { return inside(g.ix(0, kx), g.ow, g.sw, g.iw); }
+
+// Calls f(oy, ox, len, j) for every run of one sample's output positions [p0, p1) (p = oy * ow + ox)
+// that lies on one output row in [oy0, oy1); j = p - p0 is the position's index in the range.
 template <class F>
-inline void for_each_run(const Geo& g, int64_t q0, int64_t q1, F&& f) {
-    const int64_t P = g.out_elems();
-    int64_t q = q0;
-    while (q < q1) {
-        const int64_t n = q / P, p = q % P, oy = p / g.ow, ox = p % g.ow;
-        const int64_t len = std::min(g.ow - ox, q1 - q);
-        f(n, oy, ox, len, q - q0);
-        q += len;
+inline void for_each_run(const Geo& g, int64_t p0, int64_t p1, int64_t oy0, int64_t oy1, F&& f) {
+    if (p0 >= p1) return;
+    const int64_t first = std::max(oy0, p0 / g.ow), last = std::min(oy1, (p1 - 1) / g.ow + 1);
+    for (int64_t oy = first; oy < last; ++oy) {
+        const int64_t a = std::max(p0, oy * g.ow), b = std::min(p1, (oy + 1) * g.ow);
+        f(oy, a - oy * g.ow, b - a, a - p0);
     }
 }
 

@@ -194,6 +194,58 @@ void conv_against_direct() {
     }
 }
 
+// A conv whose columns exceed the column buffer: the tiles split samples, and each input plane
+// collects its gradient over several tiles.
+void conv_split_tiles() {
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<double> u(0.1, 1.0);
+    onnxdtd::ConvShape s;
+    s.n = 2, s.c = 2, s.cout = 2, s.group = 1;
+    auto& w = s.win;
+    w.rank = 2, w.in_size = {500, 501}, w.kernel = {3, 3}, w.pad_begin = {1, 1}, w.pad_end = {1, 1};
+    w.out_size = {500, 501};
+    std::vector<double> x(s.n * s.c * w.in_elems()), wt(s.cout * s.c * 9), r(s.n * s.cout * w.out_elems());
+    for (auto& e : x) e = u(rng);
+    for (auto& e : wt) e = u(rng);
+    for (auto& e : r) e = u(rng);
+    onnxdtd::Term<double> t;
+    t.x = x.data(), t.w = wt.data();
+    std::vector<double> got(x.size(), 0.0), want(x.size(), 0.0);
+    onnxdtd::conv_group<double>(s, {t}, r.data(), nullptr, nullptr, 0, 1.0, 1e-12, got.data());
+    conv_direct(s, {t}, r, 1.0, 1e-12, want);
+    check(close(got, want, 1e-12, 1e-14), "conv over split column tiles = direct loops");
+}
+
+// A dense layer big enough to be streamed (weights of both terms > 16 MiB, 3 rows): a broadcast
+// second term, a bias and a mask, against direct loops.
+void dense_streamed() {
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<double> u(0.1, 1.0), v(-1.0, 1.0);
+    const int64_t M = 3, K = 2100, J = 1000;
+    std::vector<double> x(M * K), low(K), w0(J * K), w1(J * K), b(J), r(M * J), z(M * J);
+    for (auto& e : x) e = u(rng);
+    for (auto& e : low) e = -u(rng);
+    for (auto& e : w0) e = u(rng);
+    for (auto& e : w1) e = 0.5 * u(rng);
+    for (auto& e : b) e = v(rng);
+    for (auto& e : r) e = u(rng);
+    for (auto& e : z) e = v(rng);
+    onnxdtd::Term<double> t0, t1;
+    t0.x = x.data(), t0.w = w0.data(), t0.b = b.data();
+    t1.x = low.data(), t1.x_broadcast = true, t1.w = w1.data(), t1.sign = -1.0;
+    std::vector<double> got(M * K, 0.0), want(M * K, 0.0);
+    onnxdtd::dense_group<double>({M, K, J}, {t0, t1}, r.data(), nullptr, z.data(), +1, 1.5, 1e-6, got.data());
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < J; ++j) {
+            double d0 = b[j], d1 = 0;
+            for (int64_t k = 0; k < K; ++k) d0 += x[m * K + k] * w0[j * K + k], d1 += low[k] * w1[j * K + k];
+            const double d = d0 - d1, sv = z[m * J + j] > 0 ? r[m * J + j] / (d >= 0 ? d + 1e-6 : d - 1e-6) : 0.0;
+            for (int64_t k = 0; k < K; ++k)
+                want[m * K + k] += 1.5 * sv * (x[m * K + k] * w0[j * K + k] - low[k] * w1[j * K + k]);
+        }
+    check(close(got, want, 1e-10, 1e-12), "streamed dense group with bias, broadcast x and mask = direct loops");
+}
+
 void pooling() {
     // 1-D max pooling, kernel 2, stride 1, pad 1 each side: a = [1, 3, 2]; windows over [pad, 1, 3, 2, pad]:
     // [p,1] -> 1 (index 0), [1,3] -> 3 (1), [3,2] -> 3 (1), [2,p] -> 2 (2).
@@ -244,6 +296,8 @@ int main() {
     dense_by_hand<float>();
     dense_by_hand<double>();
     conv_against_direct();
+    conv_split_tiles();
+    dense_streamed();
     pooling();
     bad_shapes();
     if (failures) std::printf("%d check(s) failed\n", failures);

@@ -1,6 +1,7 @@
 """Backends implementing the kernel interface, and which of them work on this machine."""
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -10,6 +11,9 @@ from .numpy_backend import NumpyBackend
 
 
 def _cpp() -> Backend:
+    # OpenMP threads spin briefly, not for libgomp's default 300k rounds, between the kernels' parallel
+    # regions: on a busy or small machine long spins take the cores from onnxruntime and from Python.
+    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
     import scipy_openblas32  # noqa: F401  (loads the OpenBLAS that the extension links)
 
     from .. import _core

@@ -1,10 +1,13 @@
 """The compiled kernels of the `numba` backend: the API of docs/kernels.md.
 
-Matrix products go through numpy's matmul (numpy's own multithreaded OpenBLAS), called from Python
-between @njit passes: numba's np.dot inside njit needs SciPy's BLAS, which is not a dependency, and a
-loop GEMM is an order of magnitude slower than BLAS. Everything around the products (im2col, the
-stabilized division, col2im fused with the input product, pooling, sums) is @njit(parallel=True,
-cache=True) without fastmath, summing in the numpy reference's order wherever the result is one.
+Matrix products call the OpenBLAS of the scipy-openblas32 wheel (the `cpp` backend's BLAS) through
+ctypes from inside @njit code, single-threaded, split into one block per numba thread: numba's
+thread pool is then the only one at work. numpy's matmul would bring numpy's own OpenBLAS threads,
+which spin after every product and take the cores from numba's threads and from onnxruntime's
+(numba's np.dot would need SciPy, which is not a dependency). Everything around the products (im2col,
+the stabilized division, col2im fused with the input product, pooling, sums) is
+@njit(parallel=True, cache=True) without fastmath, summing in the numpy reference's order wherever the
+result is one.
 
 conv_group runs per chunk of samples (several small images, one image, or a band of output rows of
 a large one) so that the column buffer stays under `COLUMN_BYTES`; buffers are allocated once per
@@ -13,18 +16,20 @@ runs as rank 2 with height 1.
 """
 from __future__ import annotations
 
+import ctypes
 import operator
 import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import scipy_openblas32
 
 
 # numba's OpenMP workers spin for milliseconds after each parallel region by default; a spinning worker
 # stalls OpenBLAS's threads at every barrier of the GEMM that follows (conv_group ran up to 10x slower
 # on 2 cores). Wait passively unless the user chose otherwise; OpenMP reads this when numba starts it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from numba import njit, prange  # noqa: E402
+from numba import get_num_threads, njit, prange  # noqa: E402
 
 __all__ = ["conv_group", "dense_group", "maxpool_winner", "maxpool_proportional", "sumpool", "unpool",
            "add_split"]
@@ -32,6 +37,75 @@ __all__ = ["conv_group", "dense_group", "maxpool_winner", "maxpool_proportional"
 COLUMN_BYTES = 16 << 20  # im2col buffer budget per chunk (the transposed pass's columns share it)
 DIRECT_MAX = 32  # grouped convs with (C/group)·(Cout/group) up to this run direct loops, not GEMMs
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------------------------------
+# BLAS: scipy-openblas32's row-major gemm, one thread per call (its symbols carry the prefix scipy_).
+
+def _cblas_gemm(name: str, real: type) -> ctypes._CFuncPtr:
+    fn = getattr(scipy_openblas32.dll, f"scipy_cblas_{name}")
+    c_int, ptr = ctypes.c_int, ctypes.c_void_p
+    fn.argtypes = [c_int] * 6 + [real, ptr, c_int, ptr, c_int, real, ptr, c_int]
+    fn.restype = None
+    return fn
+
+
+scipy_openblas32.dll.scipy_openblas_set_num_threads(1)
+_SGEMM, _DGEMM = _cblas_gemm("sgemm", ctypes.c_float), _cblas_gemm("dgemm", ctypes.c_double)
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_SPLIT_MIN = 1 << 16  # multiply-adds below which a product runs on one thread
+
+
+@njit(parallel=True)  # not cache=True: the BLAS routines' addresses differ from process to process
+def _gemm(ta, tb, m, n, k, a, lda, b, ldb, c, ldc, parts):
+    """c = op(a) @ op(b), (m x n); a, b, c: 1-D views from each matrix's first element, row-major
+    with leading dimensions lda, ldb, ldc. Split into `parts` blocks of columns (or of rows when
+    there are more rows), one gemm call per block."""
+    by_cols = n >= m
+    size = n if by_cols else m
+    step = (size + parts - 1) // parts
+    for i in prange(parts):
+        lo = i * step
+        hi = min(size, lo + step)
+        if lo >= hi:
+            continue
+        ao, bo, co = 0, 0, lo * ldc
+        mm, nn = hi - lo, n
+        if by_cols:
+            bo, co, mm, nn = (lo * ldb if tb else lo), lo, m, hi - lo
+        else:
+            ao = lo if ta else lo * lda
+        if c.itemsize == 4:  # float32
+            _SGEMM(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, mm, nn, k, 1.0,
+                   a[ao:].ctypes, lda, b[bo:].ctypes, ldb, 0.0, c[co:].ctypes, ldc)
+        else:
+            _DGEMM(_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS, mm, nn, k, 1.0,
+                   a[ao:].ctypes, lda, b[bo:].ctypes, ldb, 0.0, c[co:].ctypes, ldc)
+
+
+def _rows_view(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """A 2-D array with unit column stride as (1-D view from its first element, leading dimension)."""
+    item = a.itemsize
+    ld = a.strides[0] // item if a.shape[0] > 1 else a.shape[1]
+    if a.strides[1] != item and a.shape[1] > 1:
+        raise ValueError(f"a matrix operand must have unit column stride, got strides {a.strides}")
+    span = (a.shape[0] - 1) * ld + a.shape[1]
+    return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,)), max(ld, 1)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, trans_a: bool = False, trans_b: bool = False):
+    """out = op(a) @ op(b) with op transposing where asked; every operand a row-major view."""
+    m, n = out.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out[...] = 0
+        return out
+    (fa, lda), (fb, ldb), (fc, ldc) = _rows_view(a), _rows_view(b), _rows_view(out)
+    parts = min(get_num_threads(), max(m, n)) if m * n * k >= _SPLIT_MIN else 1
+    _gemm(trans_a, trans_b, m, n, k, fa, lda, fb, ldb, fc, ldc, parts)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -623,8 +697,8 @@ class _ConvPass:
             for ns in range(nsamp):
                 xn = flat[0 if x.shape[0] == 1 else n0 + ns]
                 for g in range(group):
-                    np.matmul(weights[g], xn[g * cg:(g + 1) * cg, p0:p0 + pcs],
-                              out=dst[g * self.coutg:(g + 1) * self.coutg, ns * pcs:(ns + 1) * pcs])
+                    _matmul(weights[g], xn[g * cg:(g + 1) * cg, p0:p0 + pcs],
+                            dst[g * self.coutg:(g + 1) * self.coutg, ns * pcs:(ns + 1) * pcs])
             return
         cols = self.columns[:group * len(terms) * self.ckg * pc].reshape(group * len(terms) * self.ckg, pc)
         for t, (x, _, _, _) in enumerate(terms):
@@ -635,7 +709,7 @@ class _ConvPass:
             weights = np.concatenate([self.grouped(w) * self.dtype.type(sign) for _, w, _, sign in terms], axis=2)
         cols = cols.reshape(group, len(terms) * self.ckg, pc)
         for g in range(group):
-            np.matmul(weights[g], cols[g], out=dst[g * self.coutg:(g + 1) * self.coutg])
+            _matmul(weights[g], cols[g], dst[g * self.coutg:(g + 1) * self.coutg])
 
     def transpose(self, s, n0, nsamp, r0, nrows, coeff, out):
         """out += coeff Σ_t sign_t x_t ⊙ convᵀ(s, w_t) over the chunk: one GEMM per group with every
@@ -648,7 +722,7 @@ class _ConvPass:
             return
         cols = self.columns[:group * len(terms) * self.ckg * pc].reshape(group, len(terms) * self.ckg, pc)
         for g in range(group):
-            np.matmul(self.stacked[g], s[g * self.coutg:(g + 1) * self.coutg], out=cols[g])
+            _matmul(self.stacked[g], s[g * self.coutg:(g + 1) * self.coutg], cols[g], trans_a=True)
         cols = cols.reshape(-1, pc)
         for t, (x, _, _, sign) in enumerate(terms):
             _col2im(cols, n0, nsamp, r0, nrows, *win.args, win.ow, group, len(terms), t, x, x.shape[0] == 1,
@@ -669,9 +743,9 @@ class _ConvPass:
                     part = self.quotient[:cout * nrows * win.ow].reshape(cout, nrows * win.ow)
                     self.forward(shared, 0, 1, r0, nrows, part)
                     dconst[:, r0 * win.ow:(r0 + nrows) * win.ow] = part
-        if not self.direct:  # every term's Wᵀ stacked: (group, T·C/group·K, Cout/group)
+        if not self.direct:  # every term's W side by side: (group, Cout/group, T·C/group·K), used transposed
             grouped = [self.grouped(w) for _, w, _, _ in terms]
-            self.stacked = (grouped[0] if len(terms) == 1 else np.concatenate(grouped, axis=2)).transpose(0, 2, 1)
+            self.stacked = grouped[0] if len(terms) == 1 else np.concatenate(grouped, axis=2)
         for n0, nsamp, r0, nrows in self.chunks(n):
             pcs = nrows * win.ow
             s = self.quotient[:cout * nsamp * pcs].reshape(cout, nsamp * pcs)
@@ -709,7 +783,7 @@ def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer,
         bias = _bias_sum(terms, dtype)
         denom = np.zeros((m, j), dtype)
         for x, w, _, sign in terms:
-            part = np.matmul(x, w.T)
+            part = _matmul(x, w, np.empty((x.shape[0], j), dtype), trans_b=True)
             if sign != 1.0:
                 part *= dtype.type(sign)
             denom += part
@@ -718,7 +792,7 @@ def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer,
                     np.zeros((1, 1), dtype) if z is None else z, mask, dtype.type(stabilizer), s)
     g = np.empty((m, k), dtype)
     for x, w, _, sign in terms:
-        np.matmul(s, w, out=g)
+        _matmul(s, w, g)
         _dense_accumulate(x, x.shape[0] == 1, g, dtype.type(float(coeff) * sign), out)
 
 

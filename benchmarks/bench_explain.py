@@ -2,9 +2,11 @@
 
 For every model, batch size, backend and preset it prints the median forward time, the median
 explain time and their ratio (the yardstick of DESIGN.md), the peak resident memory of a fresh
-process that runs one explanation (and of one that runs one forward pass), and — where torch and zennit are installed and the model is one of the torchvision
-benchmark models — zennit's time for the same rules on the same model and input, all measured in
-one process on one input.
+process that runs one explanation (and of one that runs one forward pass), and — where torch and
+zennit are installed and the model is one of the torchvision benchmark models — zennit's time for
+the same rules on the same model and input. Each explainer (each backend, and zennit) is timed in a
+fresh process of its own, as a user runs one, with onnxruntime's forward pass timed in that same
+process on the same input just before and just after it.
 """
 
 from __future__ import annotations
@@ -121,28 +123,67 @@ def zennit_timer(name: str, x: np.ndarray) -> Callable[[], object] | None:
     return attribute
 
 
-def bench(name: str, batch: int, backends: list[str], presets: list[str], warmup: int, repeats: int,
-          with_zennit: bool) -> list[dict]:
-    """One result row per (backend, preset), plus zennit's, for one model and batch size."""
+def explainer(name: str, path: Path, backend: str, preset: str, x: np.ndarray) -> Callable[[], object] | None:
+    """The timed call: zennit's attribution, or onnxdtd's explanation with `backend`; None for the
+    forward pass alone ('onnxruntime') and where zennit is missing."""
+    if backend == "onnxruntime":
+        return None
+    if backend == "zennit":
+        return zennit_timer(name, x)
+    ex = onnxdtd.Explainer(str(path), rules=preset, low=0.0, high=1.0, maxpool="winner", backend=backend)
+    return partial(ex.explain, x)
+
+
+def paired_ms(forward: Callable[[], object], explain: Callable[[], object], warmup: int,
+              repeats: int) -> tuple[float, float]:
+    """Median ms of forward and of explain: forward timed before and after explain (so that both
+    see the same drift of the machine's load), in blocks, so that the threads onnxruntime leaves
+    spinning after a run do not land in the explain timings."""
+    before = median_ms(forward, warmup, repeats)
+    explained = median_ms(explain, warmup, repeats)
+    return (before + median_ms(forward, warmup, repeats)) / 2, explained
+
+
+def child(name: str, batch: int, backend: str, preset: str, warmup: int, repeats: int) -> None:
+    """In a fresh process: print {forward_ms, explain_ms} as JSON (explain_ms null where explainer()
+    gives None)."""
     path = model_path(name)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = random_input(session, batch)
     feed = {session.get_inputs()[0].name: x}
-    forward = median_ms(lambda: session.run(None, feed), warmup, repeats)
-    row = partial(dict, model=path.stem, batch=batch, forward_ms=forward)
-    rows = [row(backend="onnxruntime", preset="forward", explain_ms=forward, ratio=1.0,
+    explain = explainer(name, path, backend, preset, x)
+    if explain is None:
+        result = dict(forward_ms=median_ms(lambda: session.run(None, feed), warmup, repeats), explain_ms=None)
+    else:
+        result = dict(zip(("forward_ms", "explain_ms"),
+                          paired_ms(lambda: session.run(None, feed), explain, warmup, repeats)))
+    print(json.dumps(result))
+
+
+def timed(name: str, batch: int, backend: str, preset: str, warmup: int, repeats: int) -> dict:
+    """child() run in a fresh process."""
+    done = subprocess.run([sys.executable, __file__, "--child", name, str(batch), backend, preset, str(warmup),
+                           str(repeats)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"timing {backend} on {name} failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def bench(name: str, batch: int, backends: list[str], presets: list[str], warmup: int, repeats: int,
+          with_zennit: bool) -> list[dict]:
+    """One result row per (backend, preset), plus zennit's, for one model and batch size."""
+    path = model_path(name)
+    row = partial(dict, model=path.stem, batch=batch)
+    plain = timed(name, batch, "onnxruntime", "", warmup, repeats)["forward_ms"]
+    rows = [row(backend="onnxruntime", preset="forward", forward_ms=plain, explain_ms=plain, ratio=1.0,
                 peak_mb=peak_mb(path, "onnxruntime", "", batch))]
-    for backend in backends:
-        for preset in presets:
-            ex = onnxdtd.Explainer(str(path), rules=preset, low=0.0, high=1.0, maxpool="winner", backend=backend)
-            explain = median_ms(partial(ex.explain, x), warmup, repeats)
-            rows.append(row(backend=backend, preset=preset, explain_ms=explain, ratio=explain / forward,
-                            peak_mb=peak_mb(path, backend, preset, batch)))
-    attribute = zennit_timer(name, x) if with_zennit else None
-    if attribute is not None:
-        explain = median_ms(attribute, warmup, repeats)
-        rows.append(row(backend="zennit", preset="dtd", explain_ms=explain, ratio=explain / forward,
-                        peak_mb=float("nan")))
+    runs = [(backend, preset) for backend in backends for preset in presets]
+    for backend, preset in runs + ([("zennit", "dtd")] if with_zennit and name in NAMES else []):
+        t = timed(name, batch, backend, preset, warmup, repeats)
+        if t["explain_ms"] is None:  # zennit is not installed
+            continue
+        rows.append(row(backend=backend, preset=preset, **t, ratio=t["explain_ms"] / t["forward_ms"],
+                        peak_mb=float("nan") if backend == "zennit" else peak_mb(path, backend, preset, batch)))
     return rows
 
 
@@ -202,4 +243,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        model, n, backend_name, preset_name, warm, reps = sys.argv[2:8]
+        child(model, int(n), backend_name, preset_name, int(warm), int(reps))
+    else:
+        main()

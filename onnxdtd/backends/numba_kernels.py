@@ -18,18 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import scipy_openblas32
-
-
-# numba's OpenMP workers spin for milliseconds after each parallel region by default; a spinning worker
-# stalls OpenBLAS's threads at every barrier of the GEMM that follows (conv_group ran up to 10x slower
-# on 2 cores). Wait passively unless the user chose otherwise; OpenMP reads this when numba starts it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-from numba import get_num_threads, njit, prange  # noqa: E402
+from numba import get_num_threads, njit, prange
 
 __all__ = ["conv_group", "dense_group", "maxpool_winner", "maxpool_proportional", "sumpool", "unpool",
            "add_split"]

@@ -36,6 +36,7 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # BLAS: scipy-openblas32's row-major gemm, one thread per call (its symbols carry the prefix scipy_).
 
 def _cblas_gemm(name: str, real: type) -> ctypes._CFuncPtr:
+    """The CBLAS routine `name` (sgemm or dgemm) with its argument types declared for numba."""
     fn = getattr(scipy_openblas32.dll, f"scipy_cblas_{name}")
     c_int, ptr = ctypes.c_int, ctypes.c_void_p
     fn.argtypes = [c_int] * 6 + [real, ptr, c_int, ptr, c_int, real, ptr, c_int]
@@ -43,7 +44,7 @@ def _cblas_gemm(name: str, real: type) -> ctypes._CFuncPtr:
     return fn
 
 
-scipy_openblas32.dll.scipy_openblas_set_num_threads(1)
+scipy_openblas32.dll.scipy_openblas_set_num_threads(1)  # as onnxdtd._core does: numba's threads split the work
 _SGEMM, _DGEMM = _cblas_gemm("sgemm", ctypes.c_float), _cblas_gemm("dgemm", ctypes.c_double)
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SPLIT_MIN = 1 << 16  # multiply-adds below which a product runs on one thread

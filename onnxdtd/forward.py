@@ -22,15 +22,7 @@ class Forward:
         self.derived = dict(derived or {})
         sources = [name for d in self.derived.values() for name in (d.source, d.like) if name]
         tensors = [t for t in [*tensors, *sources] if t not in self.derived]
-        model = onnx.ModelProto()
-        model.CopyFrom(proto)
-        known = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-        present = {o.name for o in model.graph.output}
         self.names = list(dict.fromkeys(t for t in tensors if t not in inputs))
-        for name in self.names:
-            if name not in present:
-                vi = known.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                model.graph.output.append(vi)
         options = ort.SessionOptions()
         # Every optimization: onnxruntime never fuses away a tensor that is a graph output, so the exposed
         # tensors stay the model's own, and the kernels it picks (NCHWc convolutions) are its fastest.
@@ -38,7 +30,7 @@ class Forward:
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(), options,
+            self.session = ort.InferenceSession(_with_outputs(proto, self.names), options,
                                                 providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"onnxruntime cannot run this model: {str(exc).strip().splitlines()[-1]}") from exc
@@ -57,3 +49,20 @@ class Forward:
             acts[name] = (np.concatenate([-source, source], axis=-1) if d.kind == "negpair"
                           else source.reshape(acts[d.like].shape))
         return acts
+
+
+def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> bytes:
+    """The serialized model with `names` added to its graph outputs. The outputs are appended to
+    `proto` for the serialization and removed again, not added to a copy: a copy of a large model
+    (its weights) would be one more model's size of peak memory."""
+    graph = proto.graph
+    known = {vi.name: vi for vi in [*graph.value_info, *graph.input, *graph.output]}
+    present, count = {o.name for o in graph.output}, len(graph.output)
+    for name in names:
+        if name not in present:
+            graph.output.append(known.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    try:
+        return proto.SerializeToString()
+    finally:
+        while len(graph.output) > count:
+            graph.output.pop()

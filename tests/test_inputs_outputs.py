@@ -79,3 +79,11 @@ def test_output_selects_the_explained_tensor(output, name, classes):
 def test_bad_output(output):
     with pytest.raises(onnxdtd.ModelLoadError, match="output"):
         onnxdtd.Explainer(two_outputs(), output=output)
+
+
+def test_explainer_leaves_the_model_proto_as_it_was():
+    proto = two_inputs()
+    before = proto.SerializeToString()
+    ex = onnxdtd.Explainer(proto, rules="zplus")
+    assert len(ex.forward.names) > 1  # intermediate tensors exposed in the session, not in the proto
+    assert proto.SerializeToString() == before and ex.model.proto.SerializeToString() == before

@@ -51,18 +51,15 @@ def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-PEAK = """
-import sys, numpy as np, onnxruntime as ort, onnxdtd
-path, backend, preset, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-shape = session.get_inputs()[0].shape[1:]
-x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
-if backend == "onnxruntime":
-    session.run(None, {session.get_inputs()[0].name: x})
-else:
-    onnxdtd.Explainer(path, rules=preset, backend=backend).explain(x)
-print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
-"""
+def peak_child(path: str, backend: str, preset: str, batch: int) -> None:
+    """In a fresh process: one forward pass ('onnxruntime') or one explanation, then print VmHWM (kB)."""
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = random_input(session, batch)
+    if backend == "onnxruntime":
+        session.run(None, {session.get_inputs()[0].name: x})
+    else:
+        onnxdtd.Explainer(path, rules=preset, backend=backend).explain(x)
+    print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 
 
 def peak_mb(path: Path, backend: str, preset: str, batch: int) -> float:
@@ -71,9 +68,7 @@ def peak_mb(path: Path, backend: str, preset: str, batch: int) -> float:
     (numpy, onnxruntime, compiled kernels). NaN without /proc."""
     if not os.path.exists("/proc/self/status"):
         return float("nan")
-    done = subprocess.run([sys.executable, "-c", PEAK, str(path), backend, preset, str(batch)],
-                          capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1]) / 1024
+    return int(child_output("--peak", str(path), backend, preset, str(batch))) / 1024
 
 
 def model_path(name: str) -> Path:
@@ -160,30 +155,44 @@ def child(name: str, batch: int, backend: str, preset: str, warmup: int, repeats
     print(json.dumps(result))
 
 
+def child_output(*args: str) -> str:
+    """The last line that this script prints when run in a fresh process with `args` (run as a script,
+    so that the onnxdtd it imports is the installed one, never a source tree in the working directory)."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr}")
+    return done.stdout.splitlines()[-1]
+
+
 def timed(name: str, batch: int, backend: str, preset: str, warmup: int, repeats: int) -> dict:
     """child() run in a fresh process."""
-    done = subprocess.run([sys.executable, __file__, "--child", name, str(batch), backend, preset, str(warmup),
-                           str(repeats)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"timing {backend} on {name} failed:\n{done.stderr}")
-    return json.loads(done.stdout.splitlines()[-1])
+    return json.loads(child_output("--child", name, str(batch), backend, preset, str(warmup), str(repeats)))
 
 
 def bench(name: str, batch: int, backends: list[str], presets: list[str], warmup: int, repeats: int,
-          with_zennit: bool) -> list[dict]:
-    """One result row per (backend, preset), plus zennit's, for one model and batch size."""
+          with_zennit: bool, rounds: int = 1) -> list[dict]:
+    """One result row per (backend, preset), plus zennit's, for one model and batch size: over
+    `rounds` rounds of fresh processes (every explainer once per round, so that a burst of load on
+    the machine hits one round, not one backend), the medians of the times and of the ratios."""
     path = model_path(name)
     row = partial(dict, model=path.stem, batch=batch)
-    plain = timed(name, batch, "onnxruntime", "", warmup, repeats)["forward_ms"]
-    rows = [row(backend="onnxruntime", preset="forward", forward_ms=plain, explain_ms=plain, ratio=1.0,
-                peak_mb=peak_mb(path, "onnxruntime", "", batch))]
-    runs = [(backend, preset) for backend in backends for preset in presets]
-    for backend, preset in runs + ([("zennit", "dtd")] if with_zennit and name in NAMES else []):
-        t = timed(name, batch, backend, preset, warmup, repeats)
-        if t["explain_ms"] is None:  # zennit is not installed
-            continue
-        rows.append(row(backend=backend, preset=preset, **t, ratio=t["explain_ms"] / t["forward_ms"],
-                        peak_mb=float("nan") if backend == "zennit" else peak_mb(path, backend, preset, batch)))
+    runs = [("onnxruntime", "")] + [(backend, preset) for backend in backends for preset in presets]
+    runs += [("zennit", "dtd")] if with_zennit and name in NAMES else []
+    found: dict[tuple[str, str], list[dict]] = {run: [] for run in runs}
+    for _ in range(rounds):
+        for backend, preset in runs:
+            found[backend, preset].append(timed(name, batch, backend, preset, warmup, repeats))
+    rows = []
+    for (backend, preset), times in found.items():
+        if backend == "onnxruntime":
+            plain = statistics.median(t["forward_ms"] for t in times)
+            rows.append(row(backend=backend, preset="forward", forward_ms=plain, explain_ms=plain, ratio=1.0,
+                            peak_mb=peak_mb(path, "onnxruntime", "", batch)))
+        elif times[0]["explain_ms"] is not None:  # None: zennit is not installed
+            rows.append(row(backend=backend, preset=preset,
+                            **{key: statistics.median(t[key] for t in times) for key in ("forward_ms", "explain_ms")},
+                            ratio=statistics.median(t["explain_ms"] / t["forward_ms"] for t in times),
+                            peak_mb=float("nan") if backend == "zennit" else peak_mb(path, backend, preset, batch)))
     return rows
 
 
@@ -219,6 +228,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-zennit", action="store_true", help="skip zennit even where it is installed")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     p.add_argument("--repeats", type=int, default=7, help="timed calls; the median is reported")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="fresh-process rounds per model and batch; medians over the rounds are reported")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return p.parse_args()
 
@@ -232,7 +243,8 @@ def main() -> None:
     rows = []
     for name, batches in plan:
         for batch in batches:
-            found = bench(name, batch, backends, args.presets, args.warmup, args.repeats, not args.no_zennit)
+            found = bench(name, batch, backends, args.presets, args.warmup, args.repeats, not args.no_zennit,
+                          args.rounds)
             print(format_table(found), flush=True)
             rows += found
     env = environment()
@@ -246,5 +258,7 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
         model, n, backend_name, preset_name, warm, reps = sys.argv[2:8]
         child(model, int(n), backend_name, preset_name, int(warm), int(reps))
+    elif sys.argv[1:2] == ["--peak"]:
+        peak_child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
     else:
         main()

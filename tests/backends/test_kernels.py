@@ -158,6 +158,26 @@ def test_numba_conv_plans(dtype, monkeypatch, direct, budget, terms):
         conv_case(module, dtype, rng_for(config, terms), config, terms)
 
 
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m, n, k", [(5, 9, 4), (9, 5, 4), (1, 6, 3), (6, 1, 3), (4, 4, 1)])
+def test_numba_gemm_blocks(dtype, parts, trans_a, trans_b, m, n, k):
+    """The numba backend's BLAS product in `parts` blocks of columns or rows, on views whose rows
+    are longer than the matrix (leading dimension > columns), against numpy."""
+    module = importlib.import_module(MODULES["numba"])
+    rng = rng_for(parts, trans_a, trans_b, m, n, k)
+    a = ints(rng, (k + 2, m + 3) if trans_a else (m + 2, k + 3), dtype)[1:-1, 1:-2]
+    b = ints(rng, (n + 2, k + 3) if trans_b else (k + 2, n + 3), dtype)[1:-1, 1:-2]
+    out = np.full((m + 1, n + 4), 7, dtype)
+    c = out[1:, 2:-2]
+    (fa, lda), (fb, ldb), (fc, ldc) = module._rows_view(a), module._rows_view(b), module._rows_view(c)
+    module._gemm(trans_a, trans_b, m, n, k, fa, lda, fb, ldb, fc, ldc, parts)
+    np.testing.assert_array_equal(c, (a.T if trans_a else a) @ (b.T if trans_b else b))
+    border = np.ones(out.shape, bool)
+    border[1:, 2:-2] = False
+    assert (out[border] == 7).all()  # nothing written outside the view
+
+
 @pytest.mark.parametrize("terms", TERM_SETS)
 @pytest.mark.parametrize("m, k, j", [(1, 7, 5), (3, 6, 4), (4, 1, 3)])
 def test_dense_group(kernels, dtype, m, k, j, terms):

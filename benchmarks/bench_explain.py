@@ -51,24 +51,20 @@ def median_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def peak_child(path: str, backend: str, preset: str, batch: int) -> None:
+def peak_child(name: str, backend: str, preset: str, batch: int) -> None:
     """In a fresh process: one forward pass ('onnxruntime') or one explanation, then print VmHWM (kB)."""
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    x = random_input(session, batch)
-    if backend == "onnxruntime":
-        session.run(None, {session.get_inputs()[0].name: x})
-    else:
-        onnxdtd.Explainer(path, rules=preset, backend=backend).explain(x)
+    forward, explain = calls(name, batch, backend, preset)
+    (explain or forward)()
     print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")))
 
 
-def peak_mb(path: Path, backend: str, preset: str, batch: int) -> float:
+def peak_mb(name: str, backend: str, preset: str, batch: int) -> float:
     """Peak resident memory (MB, VmHWM: unlike ru_maxrss it is not inherited across exec) of a fresh
     process that runs one forward pass ('onnxruntime') or one explanation: every allocation counts
     (numpy, onnxruntime, compiled kernels). NaN without /proc."""
     if not os.path.exists("/proc/self/status"):
         return float("nan")
-    return int(child_output("--peak", str(path), backend, preset, str(batch))) / 1024
+    return int(child_output("--peak", name, backend, preset, str(batch))) / 1024
 
 
 def model_path(name: str) -> Path:
@@ -139,19 +135,23 @@ def paired_ms(forward: Callable[[], object], explain: Callable[[], object], warm
     return (before + median_ms(forward, warmup, repeats)) / 2, explained
 
 
-def child(name: str, batch: int, backend: str, preset: str, warmup: int, repeats: int) -> None:
-    """In a fresh process: print {forward_ms, explain_ms} as JSON (explain_ms null where explainer()
-    gives None)."""
+def calls(name: str, batch: int, backend: str,
+          preset: str) -> tuple[Callable[[], object], Callable[[], object] | None]:
+    """onnxruntime's plain forward pass of model `name` on a random batch, and explainer() on it."""
     path = model_path(name)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = random_input(session, batch)
-    feed = {session.get_inputs()[0].name: x}
-    explain = explainer(name, path, backend, preset, x)
+    return partial(session.run, None, {session.get_inputs()[0].name: x}), explainer(name, path, backend, preset, x)
+
+
+def child(name: str, batch: int, backend: str, preset: str, warmup: int, repeats: int) -> None:
+    """In a fresh process: print {forward_ms, explain_ms} as JSON (explain_ms null where explainer()
+    gives None)."""
+    forward, explain = calls(name, batch, backend, preset)
     if explain is None:
-        result = dict(forward_ms=median_ms(lambda: session.run(None, feed), warmup, repeats), explain_ms=None)
+        result = dict(forward_ms=median_ms(forward, warmup, repeats), explain_ms=None)
     else:
-        result = dict(zip(("forward_ms", "explain_ms"),
-                          paired_ms(lambda: session.run(None, feed), explain, warmup, repeats)))
+        result = dict(zip(("forward_ms", "explain_ms"), paired_ms(forward, explain, warmup, repeats)))
     print(json.dumps(result))
 
 
@@ -187,12 +187,12 @@ def bench(name: str, batch: int, backends: list[str], presets: list[str], warmup
         if backend == "onnxruntime":
             plain = statistics.median(t["forward_ms"] for t in times)
             rows.append(row(backend=backend, preset="forward", forward_ms=plain, explain_ms=plain, ratio=1.0,
-                            peak_mb=peak_mb(path, "onnxruntime", "", batch)))
+                            peak_mb=peak_mb(name, "onnxruntime", "", batch)))
         elif times[0]["explain_ms"] is not None:  # None: zennit is not installed
             rows.append(row(backend=backend, preset=preset,
                             **{key: statistics.median(t[key] for t in times) for key in ("forward_ms", "explain_ms")},
                             ratio=statistics.median(t["explain_ms"] / t["forward_ms"] for t in times),
-                            peak_mb=float("nan") if backend == "zennit" else peak_mb(path, backend, preset, batch)))
+                            peak_mb=float("nan") if backend == "zennit" else peak_mb(name, backend, preset, batch)))
     return rows
 
 

@@ -91,22 +91,27 @@ inline void gemm_call(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
                                to_int(ldb), beta, c, to_int(ldc));
 }
 
-// y = alpha * op(A) x + beta * y, A (rows x cols, row-major, leading dim lda); x and y strided.
-// beta = 0 writes y without reading it.
-inline void gemv(bool trans, int64_t rows, int64_t cols, float alpha, const float* a, int64_t lda,
-                 const float* x, int64_t incx, float beta, float* y, int64_t incy) {
-    if (beta == 0)
-        for (int64_t i = 0, len = trans ? cols : rows; i < len; ++i) y[i * incy] = 0;
+// The BLAS gemv itself (gemv below zeroes y first where beta = 0).
+inline void gemv_call(bool trans, int64_t rows, int64_t cols, float alpha, const float* a, int64_t lda,
+                      const float* x, int64_t incx, float beta, float* y, int64_t incy) {
     ONNXDTD_CBLAS(cblas_sgemv)(ONNXDTD_ROW_MAJOR, ONNXDTD_TRANS(trans), to_int(rows), to_int(cols), alpha, a,
                                to_int(lda), x, to_int(incx), beta, y, to_int(incy));
 }
 
-inline void gemv(bool trans, int64_t rows, int64_t cols, double alpha, const double* a, int64_t lda,
-                 const double* x, int64_t incx, double beta, double* y, int64_t incy) {
-    if (beta == 0)
-        for (int64_t i = 0, len = trans ? cols : rows; i < len; ++i) y[i * incy] = 0;
+inline void gemv_call(bool trans, int64_t rows, int64_t cols, double alpha, const double* a, int64_t lda,
+                      const double* x, int64_t incx, double beta, double* y, int64_t incy) {
     ONNXDTD_CBLAS(cblas_dgemv)(ONNXDTD_ROW_MAJOR, ONNXDTD_TRANS(trans), to_int(rows), to_int(cols), alpha, a,
                                to_int(lda), x, to_int(incx), beta, y, to_int(incy));
+}
+
+// y = alpha * op(A) x + beta * y, A (rows x cols, row-major, leading dim lda); x and y strided.
+// beta = 0 writes y without reading it (a BLAS may read it: NaN * 0 would stay NaN).
+template <class T>
+void gemv(bool trans, int64_t rows, int64_t cols, T alpha, const T* a, int64_t lda, const T* x, int64_t incx,
+          T beta, T* y, int64_t incy) {
+    if (beta == 0)
+        for (int64_t i = 0, len = trans ? cols : rows; i < len; ++i) y[i * incy] = 0;
+    gemv_call(trans, rows, cols, alpha, a, lda, x, incx, beta, y, incy);
 }
 
 // C (m x n, row-major, leading dim ldc) = alpha * op(A) (m x k) @ op(B) (k x n) + beta * C.

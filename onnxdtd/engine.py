@@ -28,12 +28,14 @@ class Walk:
     maxpool: str
     bounds: dict[int, tuple[Array, Array]]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    denominators: dict[int, dict[int, str]] = field(default_factory=dict)  # see onnxdtd.denominators
 
 
 def _linear(w: Walk, layer: Layer, r: Array) -> list[Array]:
     low, high = w.bounds.get(layer.index, (None, None))
+    denoms = {group: w.acts[name] for group, name in w.denominators.get(layer.index, {}).items()}
     return [w.backend.linear(layer, w.rules[layer.index], w.acts[layer.inputs[0]], w.acts.get(layer.output), r,
-                             low, high)]
+                             low, high, denoms)]
 
 
 def _maxpool(w: Walk, layer: Layer, r: Array) -> list[Array]:
@@ -72,12 +74,14 @@ READS: dict[str, Callable[[Layer, Rule | None], list[str]]] = {
 }
 
 
-def reads(model: LayerList, rules: list[Rule | None]) -> dict[str, int]:
-    """Every forward tensor the walk reads, with the index of the earliest layer that reads it (the
-    walk releases the tensor after that layer)."""
+def reads(model: LayerList, rules: list[Rule | None],
+          denominators: dict[int, dict[int, str]] | None = None) -> dict[str, int]:
+    """Every forward tensor the walk reads, the denominators the forward pass computed included, with
+    the index of the earliest layer that reads it (the walk releases the tensor after that layer)."""
     last: dict[str, int] = {}
     for layer, rule in zip(model, rules):
-        for name in READS.get(layer.kind, lambda *_: [])(layer, rule):
+        own = (denominators or {}).get(layer.index, {}).values()
+        for name in [*READS.get(layer.kind, lambda *_: [])(layer, rule), *own]:
             last.setdefault(name, layer.index)
     return last
 
@@ -113,7 +117,7 @@ def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[dict[str, 
     and, with `keep`, every tensor's. Activations leave `walk.acts` once no earlier layer reads them."""
     model = walk.model
     release: dict[int, list[str]] = {}
-    for name, index in reads(model, walk.rules).items():
+    for name, index in reads(model, walk.rules, walk.denominators).items():
         release.setdefault(index, []).append(name)
     relevance: dict[str, Array] = {model.output_name: initial}
     kept: dict[str, np.ndarray] = {}

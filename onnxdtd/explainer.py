@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from . import denominators
 from .backends import get_backend
 from .bounds import Bounds, check_bounds, layer_bounds
 from .engine import Walk, backward, reads, run_shapes, static_shapes
@@ -66,9 +67,11 @@ class Explainer:
         self.batch = next(iter(self.model.inputs.values()), None)
         self.batch = self.batch[0] if self.batch else None
         fixed = run_shapes(self.static, self.batch, 1, self.static)
-        self.reads = set(reads(self.model, self.rules))
+        self.denominators = denominators.plan(self.model, self.rules, self.dtype)
+        self.reads = set(reads(self.model, self.rules, self.denominators.names))
         exposed = self.reads | {self.model.output_name} | (set(self.static) - set(fixed))
-        self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived)
+        self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived,
+                               self.denominators)
         self.input_dtypes = _input_dtypes(self.model)
 
     def explain(self, x, target=None, init: str = "logit", keep: bool = False) -> Explanation:
@@ -113,7 +116,8 @@ class Explainer:
                 lo, hi = (rule.low, rule.high) if own else layer_bounds(self.model, layer, given, shapes)
                 bounds[layer.index] = (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
         device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items() if name in self.reads}
-        return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes)
+        return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes,
+                    self.denominators.names)
 
     def _check_inputs(self, x) -> dict[str, np.ndarray]:
         """The inputs as validated arrays by name."""

@@ -6,18 +6,20 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
 
+from .denominators import Denominators
 from .errors import InputError, ModelLoadError
 from .graph.layer import Derived
 
 
 class Forward:
     """An onnxruntime session of the original model that also returns the named intermediate tensors,
-    and the tensors that canonicalization derived from them (see graph.layer.Derived)."""
+    the tensors that canonicalization derived from them (see graph.layer.Derived), and with `extra`
+    the rule denominators it computes (see onnxdtd.denominators)."""
 
     def __init__(self, proto: onnx.ModelProto, inputs: Iterable[str], tensors: Iterable[str],
-                 providers: Sequence | None = None, derived: dict[str, Derived] | None = None):
+                 providers: Sequence | None = None, derived: dict[str, Derived] | None = None,
+                 extra: Denominators | None = None):
         inputs = set(inputs)
         self.derived = dict(derived or {})
         sources = [name for d in self.derived.values() for name in (d.source, d.like) if name]
@@ -30,7 +32,7 @@ class Forward:
         options.log_severity_level = 3
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(_with_outputs(proto, self.names), options,
+            self.session = ort.InferenceSession(_with_outputs(proto, self.names, extra or Denominators()), options,
                                                 providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"onnxruntime cannot run this model: {str(exc).strip().splitlines()[-1]}") from exc
@@ -51,18 +53,22 @@ class Forward:
         return acts
 
 
-def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> bytes:
-    """The serialized model with `names` added to its graph outputs. The outputs are appended to
-    `proto` for the serialization and removed again, not added to a copy: a copy of a large model
-    (its weights) would be one more model's size of peak memory."""
+def _with_outputs(proto: onnx.ModelProto, names: list[str], extra: Denominators) -> bytes:
+    """The serialized model with the nodes and initializers of `extra` and with `names` added to its
+    graph outputs. They are appended to `proto` for the serialization and removed again, not added to
+    a copy: a copy of a large model (its weights) would be one more model's size of peak memory."""
     graph = proto.graph
     known = {vi.name: vi for vi in [*graph.value_info, *graph.input, *graph.output]}
-    present, count = {o.name for o in graph.output}, len(graph.output)
+    present = {o.name for o in graph.output}
+    counts = len(graph.output), len(graph.node), len(graph.initializer)
+    graph.node.extend(extra.nodes)
+    graph.initializer.extend(extra.initializers)
     for name in names:
         if name not in present:
-            graph.output.append(known.get(name) or helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            graph.output.append(known.get(name) or onnx.ValueInfoProto(name=name))  # type left to onnxruntime
     try:
         return proto.SerializeToString()
     finally:
-        while len(graph.output) > count:
-            graph.output.pop()
+        del graph.output[counts[0]:]
+        del graph.node[counts[1]:]
+        del graph.initializer[counts[2]:]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -27,10 +28,11 @@ class Backend(ABC):
 
     @abstractmethod
     def linear(self, layer: Layer, rule: Rule, a: Array, z: Array, relevance: Array,
-               low: Array | None, high: Array | None) -> Array:
+               low: Array | None, high: Array | None, denoms: Mapping[int, Array] | None = None) -> Array:
         """Relevance at the input of a dense, conv, avgpool or reduce layer under `rule`; `z` is the
         layer's output from the forward pass (the denominator of plain groups and the sign of γ's
-        masks), `low`/`high` the z^B bounds of its input."""
+        masks), `low`/`high` the z^B bounds of its input, `denoms` the denominators of other groups
+        that the forward pass computed, by group index (see onnxdtd.denominators)."""
 
     @abstractmethod
     def maxpool(self, layer: Layer, a: Array, relevance: Array, mode: str) -> Array:

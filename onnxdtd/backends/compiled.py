@@ -36,17 +36,17 @@ class CompiledBackend(NumpyBackend):
     def __init__(self, name: str, kernels: ModuleType):
         self.name, self.kernels = name, kernels
 
-    def linear(self, layer: Layer, rule: Rule, a, z, relevance, low, high):
+    def linear(self, layer: Layer, rule: Rule, a, z, relevance, low, high, denoms=None):
         run = self._conv if layer.kind == "conv" and a.ndim in (3, 4) else \
             self._dense if layer.kind == "dense" and layer.attrs.get("axis", -1) in (-1, a.ndim - 1) else None
         if run is None:
-            return super().linear(layer, rule, a, z, relevance, low, high)
+            return super().linear(layer, rule, a, z, relevance, low, high, denoms)
         out = np.zeros_like(a)
         relevance = _c(relevance)
-        for group, terms in bind(layer, rule, a, low, high):
-            denom = _c(z) if group.is_plain else None
-            run(layer, terms, relevance, denom, _c(z) if group.mask else None, MASKS[group.mask], group.coeff,
-                rule.stabilizer, out)
+        for bound in bind(layer, rule, a, z, low, high, denoms):
+            group = bound.group
+            run(layer, bound.terms, relevance, _c(bound.denom), _c(z) if group.mask else None, MASKS[group.mask],
+                group.coeff, rule.stabilizer, out)
         return out
 
     def _conv(self, layer: Layer, terms: list[BoundTerm], relevance, denom, z, mask, coeff, stabilizer, out):

@@ -181,14 +181,15 @@ class NumpyBackend(Backend):
     def to_numpy(self, x):
         return np.asarray(x)
 
-    def linear(self, layer: Layer, rule: Rule, a, z, relevance, low, high):
+    def linear(self, layer: Layer, rule: Rule, a, z, relevance, low, high, denoms=None):
         op = OPS[layer.kind](layer, a.shape)
         result = np.zeros_like(a)
-        for group, terms in bind(layer, rule, a, low, high):
-            terms = [t if t.x.shape == a.shape else replace(t, x=np.broadcast_to(t.x, a.shape)) for t in terms]
-            # The plain group's denominator is the forward pass's own output: reused, and consistent
-            # with the activations that the relevance arriving here is proportional to.
-            denom = z if group.is_plain else sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
+        for bound in bind(layer, rule, a, z, low, high, denoms):
+            group = bound.group
+            terms = [t if t.x.shape == a.shape else replace(t, x=np.broadcast_to(t.x, a.shape)) for t in bound.terms]
+            # A denominator from the forward pass (the plain group's is the layer's own output) is
+            # reused: consistent with the activations that the relevance arriving here is proportional to.
+            denom = bound.denom if bound.denom is not None else sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
             s = relevance / stabilize(denom, rule.stabilizer)
             if group.mask is not None:
                 s = s * ((z > 0) if group.mask == "pos" else (z < 0))

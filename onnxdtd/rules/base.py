@@ -17,8 +17,9 @@ from typing import Any
 
 STABILIZER = 1e-6
 
-# Modifiers of the layer input, by name. "low"/"high" are the z^B bounds, "one" the all-ones input.
-INPUTS = ("x", "pos", "neg", "low", "high", "one")
+# Modifiers of the layer input, by name: "above" is x − low and "below" x − high (low/high the z^B
+# bounds), "one" the all-ones input.
+INPUTS = ("x", "pos", "neg", "above", "below", "one")
 
 # Modifiers of weights and biases, by name: (array, gamma) -> array, written with array methods so
 # that they work on numpy and device arrays alike.
@@ -80,7 +81,7 @@ class Rule:
     @property
     def uses_bounds(self) -> bool:
         """Whether the rule reads the z^B bounds of its layer's input."""
-        return any(t.input in ("low", "high") for g in self.groups for t in g.terms)
+        return any(t.input in ("above", "below") for g in self.groups for t in g.terms)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.shown.items())

@@ -34,10 +34,6 @@ class Denominators:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
 
-    @property
-    def outputs(self) -> list[str]:
-        return [name for groups in self.names.values() for name in groups.values()]
-
 
 def plan(model: LayerList, rules: Sequence[Rule | None], dtype: np.dtype) -> Denominators:
     """The denominators onnxruntime computes for `model` under `rules` in computation type `dtype`."""
@@ -73,7 +69,7 @@ class _LayerNodes:
         self.prefix = f"{PREFIX}/{layer.index}"
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self.made: dict[str, str] = {}
+        self.made: set[str] = set()  # names of the nodes and initializers made so far
 
     def group(self, index: int, group: Group) -> str | None:
         """The output holding Σ sign·(conv(in, W') + b') over the group's terms; None when every term
@@ -113,13 +109,13 @@ class _LayerNodes:
         if name not in self.made:
             value = modified_param(self.layer, key, modifier, self.rule.gamma, self.dtype)
             self.initializers.append(numpy_helper.from_array(value, name))
-            self.made[name] = name
-        return self.made[name]
+            self.made.add(name)
+        return name
 
     def _node(self, op: str, inputs: list[str], key: str, **attrs) -> str:
         """The output of an `op` node on `inputs`, made once per key."""
         name = f"{self.prefix}/{key}"
         if name not in self.made:
             self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-            self.made[name] = name
-        return self.made[name]
+            self.made.add(name)
+        return name

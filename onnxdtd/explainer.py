@@ -67,11 +67,13 @@ class Explainer:
         self.batch = next(iter(self.model.inputs.values()), None)
         self.batch = self.batch[0] if self.batch else None
         fixed = run_shapes(self.static, self.batch, 1, self.static)
-        self.denominators = denominators.plan(self.model, self.rules, self.dtype)
-        self.reads = set(reads(self.model, self.rules, self.denominators.names))
+        # The extra nodes' initializers (modified weights) go with the session; only the names stay.
+        extra = denominators.plan(self.model, self.rules, self.dtype)
+        self.denominators = extra.names
+        self.reads = set(reads(self.model, self.rules, self.denominators))
         exposed = self.reads | {self.model.output_name} | (set(self.static) - set(fixed))
         self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived,
-                               self.denominators)
+                               extra)
         self.input_dtypes = _input_dtypes(self.model)
 
     def explain(self, x, target=None, init: str = "logit", keep: bool = False) -> Explanation:
@@ -117,7 +119,7 @@ class Explainer:
                 bounds[layer.index] = (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
         device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items() if name in self.reads}
         return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes,
-                    self.denominators.names)
+                    self.denominators)
 
     def _check_inputs(self, x) -> dict[str, np.ndarray]:
         """The inputs as validated arrays by name."""

@@ -50,10 +50,10 @@ def _explain(source, shape, preset, backend, dtype=np.float32):
 def test_equal_to_the_kernels_own_denominators(monkeypatch, backend, case, rules):
     source, shape = CASES[case]
     ex, got = _explain(source, shape, RULES[rules], backend)
-    assert ex.denominators.names or rules in ("epsilon", "lrp0")
+    assert ex.denominators or rules in ("epsilon", "lrp0")
     monkeypatch.setattr(denominators, "plan", lambda *args: denominators.Denominators())
     plain, expected = _explain(source, shape, RULES[rules], backend)
-    assert not plain.denominators.names
+    assert not plain.denominators
     scale = np.abs(expected).max()
     assert scale > 0
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * scale)
@@ -70,13 +70,15 @@ def test_equal_to_the_kernels_own_denominators(monkeypatch, backend, case, rules
 def test_planned_groups(preset, planned):
     ex = onnxdtd.Explainer(_signed_convs(), rules=preset, backend="numpy")
     convs = [layer.index for layer in ex.model if layer.kind == "conv"]
-    assert {convs.index(i): set(groups) for i, groups in ex.denominators.names.items()} == planned
+    assert {convs.index(i): set(groups) for i, groups in ex.denominators.items()} == planned
 
 
 def test_nonnegative_inputs_need_no_sign_split():
     ex = onnxdtd.Explainer(SHIPPED, rules="zplus", backend="numpy")
-    ops = {i: [n.op_type for n in ex.denominators.nodes if n.name.startswith(f"{denominators.PREFIX}/{i}/")]
-           for i in ex.denominators.names}
+    extra = denominators.plan(ex.model, ex.rules, ex.dtype)
+    assert extra.names == ex.denominators
+    ops = {i: [n.op_type for n in extra.nodes if n.name.startswith(f"{denominators.PREFIX}/{i}/")]
+           for i in extra.names}
     signed = [i for i in ops if not ex.model.layers[i].nonnegative_input]
     assert len(signed) == 1 and "Relu" in ops[signed[0]]  # the model input is split into its parts
     assert all(set(ops[i]) == {"Conv"} for i in ops if i not in signed)
@@ -84,7 +86,7 @@ def test_nonnegative_inputs_need_no_sign_split():
 
 def test_left_to_the_kernels_in_another_dtype():
     ex = onnxdtd.Explainer(SHIPPED, backend="numpy", dtype=np.float64)
-    assert not ex.denominators.names and not ex.denominators.nodes
+    assert not ex.denominators and not denominators.plan(ex.model, ex.rules, ex.dtype).nodes
 
 
 def test_the_model_is_left_unchanged():

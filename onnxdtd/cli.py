@@ -16,6 +16,7 @@ from PIL import Image
 from . import __version__
 from .errors import LenientWarning, OnnxdtdError
 from .explainer import Explainer, Explanation
+from .export import export
 from .graph import find_unsupported, load, supported_ops
 from .heatmap import channel_sum, heatmap, overlay
 from .rules import PRESETS, resolve
@@ -26,7 +27,12 @@ EXAMPLES = """examples:
   onnxdtd explain models/mnist_cnn.onnx models/samples/digit_3.png -o out
   onnxdtd explain models/mnist_cnn.onnx models/samples/digit_*.npy --target 3
   onnxdtd explain resnet.onnx cat.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
+  onnxdtd export models/mnist_cnn.onnx -o mnist_explainer.onnx --rules dtd
 """
+EXPORT_HELP = """Write the explanation of MODEL as one ONNX graph that runs anywhere onnxruntime (or any ONNX
+runtime with float32 Conv) runs, without onnxdtd: inputs `input` (the model's input) and `target`
+(int64, one class per sample; -1 explains the predicted class), outputs `output` (the logits),
+`explained` (the class explained per sample) and `relevance` (the input's shape)."""
 EXPLAIN_HELP = """Explain each INPUT; write into OUTDIR <stem>_relevance.npy, <stem>_heatmap.png,
 <stem>_overlay.png (image-like inputs) and one summary.json.
 
@@ -98,22 +104,39 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy arrays or image files")
     exp.add_argument("--rules", default="dtd", choices=list(PRESETS), metavar="P", help=presets)
     exp.add_argument("--target", type=int, metavar="K", help="class to explain (default: the predicted one)")
-    exp.add_argument("--low", type=_floats, metavar="L",
-                     help="z^B lower bound of the model input: scalar or per channel "
-                          "(default: 0, or (0 - mean) / std with --mean/--std)")
-    exp.add_argument("--high", type=_floats, metavar="H",
-                     help="z^B upper bound (default: 1, or (1 - mean) / std with --mean/--std)")
+    _bound_options(exp, "(default: 0, or (0 - mean) / std with --mean/--std)",
+                   "(default: 1, or (1 - mean) / std with --mean/--std)")
     exp.add_argument("--mean", type=_floats, metavar="M", help="image normalization mean, scalar or per channel")
     exp.add_argument("--std", type=_floats, metavar="S", help="image normalization std, scalar or per channel")
-    exp.add_argument("--maxpool", default="winner", choices=("winner", "proportional"),
-                     help="max pooling: route relevance to the winner, or split it proportionally (default: winner)")
     exp.add_argument("--backend", default="auto", metavar="B", help="compute backend (default: auto, the fastest)")
     exp.add_argument("--scale", type=_positive_int, metavar="N",
                      help=f"upscale heatmaps N times (default: to about {HEATMAP_SIDE} px)")
     exp.add_argument("-o", "--outdir", default="onnxdtd-out", help="output folder (default: onnxdtd-out)")
     _model_options(exp)
     exp.set_defaults(run=_explain)
+
+    out = sub.add_parser("export", formatter_class=fmt, epilog=EXAMPLES,
+                         help="write the explanation as an ONNX graph that runs without onnxdtd",
+                         description=EXPORT_HELP)
+    out.add_argument("model", metavar="MODEL", help="an .onnx file")
+    out.add_argument("-o", "--out", required=True, metavar="EXPLAINER", help="the .onnx file to write")
+    out.add_argument("--rules", default="dtd", choices=list(PRESETS), metavar="P", help=presets)
+    _bound_options(out, "(default: 0)", "(default: 1)")
+    out.add_argument("--argmax", dest="target", action="store_const", const="argmax", default="input",
+                     help="no `target` input: always explain the predicted class")
+    _model_options(out)
+    out.set_defaults(run=_export)
     return parser
+
+
+def _bound_options(parser: argparse.ArgumentParser, low_default: str, high_default: str) -> None:
+    """--low/--high and --maxpool, shared by explain and export."""
+    parser.add_argument("--low", type=_floats, metavar="L",
+                        help=f"z^B lower bound of the model input: scalar or per channel {low_default}")
+    parser.add_argument("--high", type=_floats, metavar="H", help=f"z^B upper bound {high_default}")
+    parser.add_argument("--maxpool", default="winner", choices=("winner", "proportional"),
+                        help="max pooling: route relevance to the winner, or split it proportionally "
+                             "(default: winner)")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +201,19 @@ def _declared_inputs(path: str) -> str:
                     for d in vi.type.tensor_type.shape.dim]
             shapes.append(f"{vi.name!r} ({', '.join(dims)})")
     return ", ".join(shapes) or "none"
+
+
+# ---------------------------------------------------------------- export
+
+def _export(args: argparse.Namespace) -> int:
+    """Write the explainer graph of the model."""
+    model = load(args.model, **_load_options(args))
+    shape = model.input_shape or ()
+    low = 0.0 if args.low is None else _per_channel(args.low, shape, "--low", 0.0)
+    high = 1.0 if args.high is None else _per_channel(args.high, shape, "--high", 1.0)
+    export(model, args.out, rules=args.rules, low=low, high=high, maxpool=args.maxpool, target=args.target)
+    print(f"wrote {args.out}: inputs {', '.join(repr(i.name) for i in onnx.load(args.out).graph.input)}")
+    return 0
 
 
 # ---------------------------------------------------------------- explain

@@ -124,7 +124,7 @@ def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[dict[str, 
     for layer in reversed(model.layers):
         parts = [relevance.pop(name, None) for name in layer.outputs]
         if any(p is not None for p in parts):
-            parts = [walk.backend.asarray(np.zeros(walk.shapes[name]), initial.dtype) if p is None else p
+            parts = [walk.backend.zeros(walk.shapes[name], initial.dtype, initial) if p is None else p
                      for name, p in zip(layer.outputs, parts)]
             if keep:
                 kept.update((name, walk.backend.to_numpy(p)) for name, p in zip(layer.outputs, parts))

@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
-from . import denominators
+from . import denominators, export
 from .backends import get_backend
+from .backends.ort import session as ort_session
 from .bounds import Bounds, check_bounds, layer_bounds
 from .engine import Walk, backward, reads, run_shapes, static_shapes
-from .errors import ConfigError, InputError, LenientWarning, TargetError
+from .errors import ConfigError, InputError, LenientWarning, ModelLoadError, TargetError
 from .forward import Forward
 from .graph import LayerList, load
 from .graph.loader import ModelSource
@@ -67,6 +69,12 @@ class Explainer:
         self.batch = next(iter(self.model.inputs.values()), None)
         self.batch = self.batch[0] if self.batch else None
         fixed = run_shapes(self.static, self.batch, 1, self.static)
+        self.input_dtypes = _input_dtypes(self.model)
+        self.providers = providers
+        self.graphs: dict[tuple, ort.InferenceSession] = {}  # whole-graph backends: a session per (init, keep)
+        if self.backend.whole_graph:
+            self.graph_session("logit", False)  # build it now: errors surface here, not in explain()
+            return
         # The extra nodes' initializers (modified weights) go with the session; only the names stay.
         extra = denominators.plan(self.model, self.rules, self.dtype)
         self.denominators = extra.names
@@ -74,7 +82,6 @@ class Explainer:
         exposed = self.reads | {self.model.output_name} | (set(self.static) - set(fixed))
         self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived,
                                extra)
-        self.input_dtypes = _input_dtypes(self.model)
 
     def explain(self, x, target=None, init: str = "logit", keep: bool = False) -> Explanation:
         """Relevance of every input element for `target` (None: the argmax of each sample). `x` is an
@@ -83,6 +90,8 @@ class Explainer:
         if init not in INIT_MODES:
             raise ConfigError(f"init must be one of {INIT_MODES}, got {init!r}")
         n = len(next(iter(feeds.values())))
+        if self.backend.whole_graph:
+            return self._explain_graph(feeds, n, target, init, keep)
         acts = self.forward.run(feeds)
         output = acts[self.model.output_name]
         if output.size % n:
@@ -100,6 +109,50 @@ class Explainer:
                      .astype(self.dtype, copy=False) for name, x in feeds.items()}
         single = len(relevance) == 1
         return Explanation(next(iter(relevance.values())) if single else relevance, logits, targets, kept)
+
+    def graph_session(self, init: str, keep: bool) -> ort.InferenceSession:
+        """The onnxruntime session of the whole explanation (onnxdtd.export) for this init mode, with
+        every tensor's relevance as an output when `keep`."""
+        if (init, keep) not in self.graphs:
+            inputs = set(self.model.inputs)
+            kept = sorted(name for layer in self.model for name in layer.outputs if name not in inputs) if keep else ()
+            proto = export.build(self.model, self.rules, self.low, self.high, self.maxpool, "input", init, self.dtype,
+                                 kept)
+            try:
+                self.graphs[init, keep] = ort_session(proto, self.providers)
+            except Exception as exc:  # onnxruntime raises its own untyped errors
+                reason = str(exc).strip().splitlines()[-1]
+                if "Could not find an implementation" in reason:
+                    raise ConfigError(f"onnxruntime has no {self.dtype} kernel for a node of the explanation graph "
+                                      f"({reason.split('for ')[-1]}): use dtype=np.float32 on the "
+                                      f"{self.backend.name!r} backend, or another backend") from exc
+                raise ModelLoadError(f"onnxruntime cannot run the explanation graph: {reason}") from exc
+        return self.graphs[init, keep]
+
+    def _explain_graph(self, feeds: dict[str, np.ndarray], n: int, target, init: str, keep: bool) -> Explanation:
+        """explain() on a whole-graph backend: one run of the explanation graph."""
+        session = self.graph_session(init, keep)
+        single = len(feeds) == 1
+        inputs = {export.INPUT: next(iter(feeds.values()))} if single else dict(feeds)
+        width = _width(self.model.output_shape)
+        chosen = np.full(n, -1, np.int64) if target is None else \
+            _targets(target, np.broadcast_to(np.zeros(1), (n, width or np.iinfo(np.int64).max)))
+        names = [o.name for o in session.get_outputs()]
+        try:
+            values = dict(zip(names, session.run(names, {**inputs, export.TARGET: chosen})))
+        except Exception as exc:
+            shapes = {name: x.shape for name, x in feeds.items()}
+            raise InputError(f"onnxruntime rejected the input of shape(s) {shapes}: "
+                             f"{str(exc).strip().splitlines()[-1]}") from exc
+        logits = values[export.OUTPUT]
+        if target is not None and not width:
+            _targets(target, logits)
+        prefix = f"{export.RELEVANCE}/"
+        relevance = {name: values[export.RELEVANCE if single else prefix + name] for name in feeds}
+        kept = {name[len(prefix):]: value for name, value in values.items() if name.startswith(prefix)}
+        kept.update(relevance)
+        return Explanation(next(iter(relevance.values())) if single else relevance, logits, values[export.EXPLAINED],
+                           kept if keep else {})
 
     def _bounds_of(self, name: str) -> tuple:
         """The (low, high) given for input `name`: shared values, or the entries of dicts by input name."""
@@ -164,6 +217,12 @@ class Explainer:
 def _show(shape: tuple) -> str:
     return "(" + ", ".join("N" if i == 0 and not isinstance(d, int) else str(d) if isinstance(d, int) and d > 0
                            else "?" for i, d in enumerate(shape)) + ")"
+
+
+def _width(shape) -> int | None:
+    """Values per sample of the explained output, where its static shape tells."""
+    dims = list(shape or ())[1:]
+    return int(np.prod(dims)) if all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
 def _input_dtypes(model: LayerList) -> dict[str, np.dtype]:

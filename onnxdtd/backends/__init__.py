@@ -36,8 +36,14 @@ def _numba() -> Backend:
     return CompiledBackend("numba", numba_kernels)
 
 
+def _ort() -> Backend:
+    from .ort import OrtBackend
+
+    return OrtBackend()
+
+
 # Preference order for backend="auto": fastest first (benchmarks/README.md has the measurements).
-FACTORIES: dict[str, Callable[[], Backend]] = {"cpp": _cpp, "numba": _numba, "numpy": NumpyBackend}
+FACTORIES: dict[str, Callable[[], Backend]] = {"cpp": _cpp, "numba": _numba, "ort": _ort, "numpy": NumpyBackend}
 
 
 def _try(name: str) -> Backend | None:

@@ -17,6 +17,8 @@ class Backend(ABC):
     """Relevance kernels for each family of layer kinds."""
 
     name: str = ""
+    whole_graph: bool = False  # Explainers run the whole explanation as one graph (see backends/ort.py)
+    float64: bool = True  # computes every kernel in float64 when asked
 
     @abstractmethod
     def asarray(self, x: np.ndarray, dtype: np.dtype) -> Array:
@@ -25,6 +27,10 @@ class Backend(ABC):
     @abstractmethod
     def to_numpy(self, x: Array) -> np.ndarray:
         """Move a backend array back to the host."""
+
+    def zeros(self, shape: tuple, dtype: np.dtype, like: Array) -> Array:
+        """Zeros of `shape` (its batch axis as `like`'s, for backends that trace unknown batch sizes)."""
+        return self.asarray(np.zeros(shape), dtype)
 
     @abstractmethod
     def linear(self, layer: Layer, rule: Rule, a: Array, z: Array, relevance: Array,

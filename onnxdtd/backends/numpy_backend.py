@@ -109,17 +109,23 @@ class _ConvTranspose:
         return self.conv.forward(s, w, None)
 
 
+def avgpool_divisor(layer: Layer, win: Window) -> np.ndarray:
+    """(1, 1, *out) counts of every average-pooling window: explicit pads count with
+    count_include_pad, the ceil_mode overhang never does, as ONNX says."""
+    if layer.attrs.get("count_include_pad"):
+        mask = np.ones((1, 1) + tuple(i + b + e for i, b, e in zip(win.in_size, win.begin, win.end)))
+        mask = np.pad(mask, [(0, 0), (0, 0)] + [(0, x) for x in win.extra])
+    else:
+        mask = _pad(np.ones((1, 1) + win.in_size), win)
+    return _sumpool(mask, win)
+
+
 class _AvgPool:
-    """Average pooling as a linear map with unit weight; the divisor counts pads as ONNX says."""
+    """Average pooling as a linear map with unit weight, over avgpool_divisor."""
 
     def __init__(self, layer: Layer, shape: tuple[int, ...]):
-        self.win = win = window(layer, shape[2:])
-        if layer.attrs.get("count_include_pad"):  # explicit pads count, the ceil_mode overhang does not
-            mask = np.ones((1, 1) + tuple(i + b + e for i, b, e in zip(win.in_size, win.begin, win.end)))
-            mask = np.pad(mask, [(0, 0), (0, 0)] + [(0, x) for x in win.extra])
-        else:
-            mask = _pad(np.ones((1, 1) + win.in_size), win)
-        self.divisor = _sumpool(mask, win)
+        self.win = window(layer, shape[2:])
+        self.divisor = avgpool_divisor(layer, self.win)
 
     def forward(self, x, w, b):
         return w * _sumpool(_pad(x, self.win), self.win) / self.divisor.astype(x.dtype)

@@ -119,7 +119,7 @@ class Explainer:
             proto = export.build(self.model, self.rules, self.low, self.high, self.maxpool, "input", init, self.dtype,
                                  kept)
             try:
-                self.graphs[init, keep] = ort_session(proto, self.providers)
+                self.graphs[init, keep] = ort_session(proto, self.providers, spinning=True)
             except Exception as exc:  # onnxruntime raises its own untyped errors
                 reason = str(exc).strip().splitlines()[-1]
                 if "Could not find an implementation" in reason:

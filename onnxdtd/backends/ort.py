@@ -21,13 +21,14 @@ from .onnx_graph import OPSET, Graph, GraphBackend, Sym
 PROVIDERS = ["CPUExecutionProvider"]
 
 
-def session(proto: onnx.ModelProto, providers: Sequence | None = None) -> ort.InferenceSession:
-    """An onnxruntime session of `proto` with every graph optimization and no spinning threads
-    (spinning idle threads take the cores from the next call's Python work)."""
+def session(proto: onnx.ModelProto, providers: Sequence | None = None, spinning: bool = False) -> ort.InferenceSession:
+    """An onnxruntime session of `proto` with every graph optimization. Its threads spin between ops
+    only with `spinning`: right for a whole explanation in one run, wrong where Python work follows
+    each run (spinning idle threads take its cores)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers or PROVIDERS))
 
 

@@ -3,12 +3,15 @@
 graphs on small models of every routing and pooling kind."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import onnxdtd
 from builders import model, node
 from onnxdtd.backends import get_backend
-from onnxdtd.rules import Norm, ZPlus
+from onnxdtd.backends.numpy_backend import OPS
+from onnxdtd.rules import AlphaBeta, Epsilon, Gamma, Norm, ZPlus
 
+from backends.test_kernels import POOLS as MAXPOOL_GRID, conv_configs, layer, pool_case, pool_ids
 from backends.test_linear_reference import LAYERS, POOLS, RULES
 
 RNG = np.random.default_rng(5)
@@ -61,6 +64,32 @@ def test_maxpool_kernels_equal_numpy(pool, mode):
     layer, a, z, r, _, _ = _layer_case([node("MaxPool", ["x"], "y", **attrs)], {}, in_shape)
     a = np.abs(a)  # after a Relu, as max pooling's inputs are
     _close(ORT.maxpool(layer, a, r, mode), NUMPY.maxpool(layer, a, r, mode))
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("mode", ["winner", "proportional"])
+@pytest.mark.parametrize("config", MAXPOOL_GRID, ids=pool_ids)
+def test_maxpool_grid_equals_numpy(config, mode, ties):
+    pool, a, _, win = pool_case(RNG, np.float32, *config, ties=ties)
+    r = RNG.normal(size=(*a.shape[:2], *win.out_size)).astype(np.float32)
+    _close(ORT.maxpool(pool, a, r, mode), NUMPY.maxpool(pool, a, r, mode))
+
+
+@settings(max_examples=60, deadline=None)
+@given(config=conv_configs(), rule=st.sampled_from([ZPlus(), Epsilon(0.1), Gamma(0.25), AlphaBeta(2.0, 1.0)]),
+       seed=st.integers(0, 2**32 - 1))
+def test_conv_geometry_property(config, rule, seed):
+    """Random strides, pads, dilations and groups: the transposed pass is ConvTranspose with explicit
+    pads and output_padding, or a Conv with the flipped kernel at stride 1."""
+    c, cout, group, size, kernel, strides, dilations, pads, batch = config
+    rng = np.random.default_rng(seed)
+    attrs = {"kernel": kernel, "strides": strides, "dilations": dilations, "pads": pads, "group": group}
+    conv = layer("conv", attrs, rng.normal(size=(cout, c // group, *kernel)).astype(np.float32))
+    conv.params["bias"] = rng.normal(size=cout).astype(np.float32)
+    a = rng.normal(size=(batch, c, *size)).astype(np.float32)
+    z = OPS["conv"](conv, a.shape).forward(a, conv.params["weight"], conv.params["bias"])
+    r = rng.normal(size=z.shape).astype(np.float32)
+    _close(ORT.linear(conv, rule, a, z, r, None, None), NUMPY.linear(conv, rule, a, z, r, None, None))
 
 
 def test_add_splits_like_numpy_with_broadcasting():

@@ -7,9 +7,10 @@ graph and runs it in onnxruntime (the `ort` backend's per-layer form, which the 
 
 Conventions follow the numpy reference operation by operation: D = Σ_t sign_t·(f(in_t, W_t) + b_t),
 S = R / (D + ε·sgn(D)) (sgn(0) = +1), masked by the sign of z, R_in = Σ coeff·sign_t·in_t·f_tᵀ(S, W_t).
-The transposed passes are ConvTranspose with explicit pads and output_padding (conv), Conv (for
-ConvTranspose layers), MatMul (dense) and Expand (reductions); max-pool winners are routed with
-MaxPool's indices and ScatterElements(reduction="add"), correct for overlapping windows.
+The transposed passes are ConvTranspose with explicit pads and output_padding (strided conv; at
+stride 1 a Conv with the flipped kernel), Conv (ConvTranspose layers), MatMul (dense) and Expand
+(reductions); max-pool winners are routed with MaxPool's indices and ScatterElements(reduction="add"),
+correct for overlapping windows.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from ..errors import ConfigError
 from ..graph.layer import Layer
@@ -124,12 +125,10 @@ class Sym:
         if any(d is None for d in shape[1:]):
             raise ConfigError(f"cannot express a reshape to {shape} with an unknown inner dimension in ONNX")
         dims = [0 if d is None else d for d in shape]
-        static = tuple(None if d == -1 else d for d in shape)
-        if -1 in shape and all(d is not None for d in self.shape[1:]) and all(d is not None for d in static[1:]
-                                                                                if d != static[shape.index(-1)]):
-            known = math.prod(d for d in shape[1:] if d not in (None, -1))
-            static = tuple(math.prod(self.shape[1:]) // known if d == -1 else d for d in shape)
-        return self.g.op("Reshape", [self, self.g.ints(dims)], static, self.dtype)
+        rest = [d for d in shape[1:] if d != -1]
+        inferred = math.prod(self.shape[1:]) // math.prod(rest) if None not in (*self.shape[1:], *rest) else None
+        return self.g.op("Reshape", [self, self.g.ints(dims)], tuple(inferred if d == -1 else d for d in shape),
+                         self.dtype)
 
 
 def _broadcast(a: Shape, b: Shape) -> Shape:
@@ -228,20 +227,25 @@ class _Dense:
         return self._moved(y, inverse=True)
 
 
-class _Conv:
-    """Conv forward; ConvTranspose with the conv's pads and the output_padding that restores the input size."""
+class Conv:
+    """Conv forward (the layer's own attributes, any input size); ConvTranspose with the conv's pads
+    and the output_padding that restores the input size, or a Conv at stride 1."""
 
     def __init__(self, layer: Layer, a: Sym):
         self.layer, self.a = layer, a
-        self.win = window(layer, _spatial(layer, a))
-        self.attrs = dict(strides=list(self.win.strides), dilations=list(self.win.dilations),
-                          group=int(layer.attrs["group"]), kernel_shape=list(self.win.kernel))
+        at = layer.attrs
+        self.attrs = dict(strides=list(at["strides"]), dilations=list(at["dilations"]), group=int(at["group"]),
+                          kernel_shape=list(at["kernel"]))
+
+    @functools.cached_property
+    def win(self) -> Window:
+        return window(self.layer, _spatial(self.layer, self.a))
 
     def forward(self, x: Sym, w: np.ndarray, b: np.ndarray | None) -> Sym:
-        g = x.g
+        g, at = x.g, self.layer.attrs
         args = [x, g.param(w)] + ([g.param(b)] if b is not None else [])
-        return g.op("Conv", args, (x.shape[0], w.shape[0], *self.win.out_size), x.dtype, pads=_pads(self.win),
-                    **self.attrs)
+        padding = {"auto_pad": at["auto_pad"]} if at.get("auto_pad", "NOTSET") != "NOTSET" else {"pads": list(at["pads"])}
+        return g.op("Conv", args, (x.shape[0], w.shape[0], *[None] * (x.ndim - 2)), x.dtype, **padding, **self.attrs)
 
     def transpose(self, s: Sym, w: np.ndarray) -> Sym:
         """With stride 1 the transpose is itself a convolution (flipped kernel, channels swapped per
@@ -346,7 +350,7 @@ class _Reduce:
         return g.op("Expand", [_scaled(s, w * self.scale), self.a.shape_of()], self.a.shape, s.dtype)
 
 
-OPS: dict[str, Callable[[Layer, Sym], Any]] = {"dense": _Dense, "conv": _Conv, "convtranspose": _ConvTranspose,
+OPS: dict[str, Callable[[Layer, Sym], Any]] = {"dense": _Dense, "conv": Conv, "convtranspose": _ConvTranspose,
                                                 "avgpool": _AvgPool, "reduce": _Reduce}
 
 
@@ -375,6 +379,25 @@ def _unbroadcast(x: Sym, shape: Shape) -> Sym:
     return total.reshape(tuple(shape)) if lead else total
 
 
+def bind_group(layer: Layer, rule: Rule, group: Group, a: Sym, low: Sym | None,
+               high: Sym | None) -> list[tuple[Sym, np.ndarray, np.ndarray | None, float]]:
+    """The group's terms as (input, modified weight, modified bias, sign); terms on a⁻ of an input
+    the graph proves non-negative are dropped (they add nothing)."""
+    return [(_term_input(layer, t.input, a, low, high), modified_param(layer, "weight", t.weight, rule.gamma, a.dtype),
+             None if t.bias is None else modified_param(layer, "bias", t.bias, rule.gamma, a.dtype), t.sign)
+            for t in group.terms if not (t.input == "neg" and layer.nonnegative_input and t.bias is None)]
+
+
+def denominator(op: Any, bound: list[tuple[Sym, np.ndarray, np.ndarray | None, float]]) -> Sym:
+    """Σ_t sign_t · (f(in_t, W_t) + b_t), in term order."""
+    total = None
+    for x, w, b, sign in bound:
+        part = op.forward(x, w, b)
+        part = part if sign == 1 else part * float(sign)
+        total = part if total is None else total + part
+    return total
+
+
 class GraphBackend(Backend):
     """The kernel interface on symbols: each call adds the nodes of one layer's relevance pass."""
 
@@ -393,21 +416,10 @@ class GraphBackend(Backend):
         op = OPS[layer.kind](layer, a)
         result = None
         for group in rule.groups:
-            terms = [t for t in group.terms if not (t.input == "neg" and layer.nonnegative_input and t.bias is None)]
-            if not terms:
+            bound = bind_group(layer, rule, group, a, low, high)
+            if not bound:
                 continue
-            bound = [(_term_input(layer, t.input, a, low, high),
-                      modified_param(layer, "weight", t.weight, rule.gamma, a.dtype),
-                      None if t.bias is None else modified_param(layer, "bias", t.bias, rule.gamma, a.dtype), t.sign)
-                     for t in terms]
-            if group.is_plain:
-                denom = z
-            else:
-                parts = [op.forward(x, w, b) for x, w, b, _ in bound]
-                denom = None
-                for part, (_, _, _, sign) in zip(parts, bound):
-                    part = part if sign == 1 else part * float(sign)
-                    denom = part if denom is None else denom + part
+            denom = z if group.is_plain else denominator(op, bound)
             s = relevance / stabilize(denom, rule.stabilizer, nonnegative_denominator(layer, group))
             if group.mask is not None:
                 s = s * _mask(z, group.mask)

@@ -109,3 +109,21 @@ def test_cli_writes_a_runnable_explainer(tmp_path, capsys):
 def test_bad_options_are_clear_errors(kwargs, match):
     with pytest.raises(onnxdtd.ConfigError, match=match):
         onnxdtd.export(SHIPPED, **kwargs)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_one_explainer_serves_every_batch_size(batch):
+    x = RNG.random((batch, 1, 28, 28), dtype=np.float32)
+    targets = np.arange(batch) % 10
+    got = onnxdtd.Explainer(SHIPPED, backend="ort").explain(x, targets)
+    _close(got.relevance, _reference(x, targets).relevance)
+
+
+def test_every_parity_model_passes_the_full_check(tmp_path):
+    pytest.importorskip("torch")
+    from parity import _zoo
+
+    for name, (_, shape) in _zoo.MODELS.items():
+        path = _zoo.export(_zoo.build(name), shape, tmp_path / f"{name}.onnx", "torchscript")
+        for preset in ("dtd", "epsilon-gamma-box"):
+            onnx.checker.check_model(onnxdtd.export(str(path), rules=preset), full_check=True)

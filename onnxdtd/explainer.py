@@ -116,10 +116,10 @@ class Explainer:
         if (init, keep) not in self.graphs:
             inputs = set(self.model.inputs)
             kept = sorted(name for layer in self.model for name in layer.outputs if name not in inputs) if keep else ()
-            proto = export.build(self.model, self.rules, self.low, self.high, self.maxpool, "input", init, self.dtype,
-                                 kept)
+            data = export.build(self.model, self.rules, self.low, self.high, self.maxpool, "input", init, self.dtype,
+                                kept).SerializeToString()  # the proto (a copy of the model) is freed here
             try:
-                self.graphs[init, keep] = ort_session(proto, self.providers, spinning=True)
+                self.graphs[init, keep] = ort_session(data, self.providers, spinning=True)
             except Exception as exc:  # onnxruntime raises its own untyped errors
                 reason = str(exc).strip().splitlines()[-1]
                 if "Could not find an implementation" in reason:

@@ -21,15 +21,18 @@ from .onnx_graph import OPSET, Graph, GraphBackend, Sym
 PROVIDERS = ["CPUExecutionProvider"]
 
 
-def session(proto: onnx.ModelProto, providers: Sequence | None = None, spinning: bool = False) -> ort.InferenceSession:
-    """An onnxruntime session of `proto` with every graph optimization. Its threads spin between ops
+def session(model: onnx.ModelProto | bytes, providers: Sequence | None = None,
+            spinning: bool = False) -> ort.InferenceSession:
+    """An onnxruntime session of `model` (a proto, or one already serialized, so that the caller need
+    not hold both while the session loads) with every graph optimization. Its threads spin between ops
     only with `spinning`: right for a whole explanation in one run, wrong where Python work follows
     each run (spinning idle threads take its cores)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=list(providers or PROVIDERS))
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, options, providers=list(providers or PROVIDERS))
 
 
 def _symbols(g: Graph, value: Any, feeds: dict[str, np.ndarray]) -> Any:

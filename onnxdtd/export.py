@@ -54,18 +54,20 @@ def build(model: LayerList, rules: list[Rule | None], low, high, maxpool: str, t
     single = len(model.inputs) == 1
     names = _free_names(base, model, single)
     g = Graph(prefix="onnxdtd")
-    static = {names.get(name, name): tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+    shapes = {name: tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
               for name, shape in static_shapes(model).items() if shape is not None}
-    for name in set(intermediate) - set(static):
-        raise ConfigError(f"no tensor {name!r} in the layer list (see onnxdtd.load(model))")
+    missing = sorted(set(intermediate) - set(shapes))
+    if missing:
+        raise ConfigError(f"no tensor {missing[0]!r} in the layer list (see onnxdtd.load(model))")
     _derived_nodes(g, model, names)
-    acts = {name: _activation(g, names.get(name, name), static, float_type, dtype) for name in reads(model, rules)}
-    output = _activation(g, names.get(model.output_name, model.output_name), static, float_type, dtype)
+    symbol = lambda name: _activation(g, names.get(name, name), shapes.get(name, ()), float_type, dtype)  # noqa: E731
+    acts = {name: symbol(name) for name in reads(model, rules)}
+    output = symbol(model.output_name)
     logits = output.reshape((output.shape[0], -1))
     chosen = _target(g, logits, target)
-    start = _initial(g, logits, chosen, init).reshape(output.shape) if output.ndim != 2 else \
-        _initial(g, logits, chosen, init)
-    shapes = {name: static[names.get(name, name)] for name in static_shapes(model) if names.get(name, name) in static}
+    start = _initial(g, logits, chosen, init)
+    if output.ndim != 2:
+        start = start.reshape(output.shape)
     walk = Walk(model, rules, GraphBackend(), acts, maxpool, _bounds(g, model, rules, low, high, dtype), shapes)
     found, kept = backward(walk, start, keep=bool(intermediate))
     outputs = {OUTPUT: logits, EXPLAINED: chosen}
@@ -129,9 +131,9 @@ def _derived_nodes(g: Graph, model: LayerList, names: dict[str, str]) -> None:
             g.nodes.append(helper.make_node("Reshape", [source, shape.name], [name], name=g.name("reshape")))
 
 
-def _activation(g: Graph, name: str, static: Mapping, float_type: int, dtype: np.dtype) -> Sym:
+def _activation(g: Graph, name: str, shape: tuple, float_type: int, dtype: np.dtype) -> Sym:
     """The forward tensor `name` as a symbol in the computation dtype."""
-    sym = Sym(g, name, static.get(name, ()), np.dtype(helper.tensor_dtype_to_np_dtype(float_type)))
+    sym = Sym(g, name, shape, np.dtype(helper.tensor_dtype_to_np_dtype(float_type)))
     if sym.dtype == dtype:
         return sym
     return g.op("Cast", [sym], sym.shape, dtype, to=helper.np_dtype_to_tensor_dtype(dtype))

@@ -132,3 +132,13 @@ def test_explanation_graph_equals_numpy(case, maxpool):
 def test_float64_on_convs_is_a_clear_error():
     with pytest.raises(onnxdtd.ConfigError, match="no float64 kernel.*Conv"):
         onnxdtd.Explainer("models/mnist_cnn.onnx", backend="ort", dtype=np.float64)
+
+
+def test_keep_and_init_one_equal_numpy():
+    x = RNG.random((2, 1, 28, 28), dtype=np.float32)
+    expected = onnxdtd.Explainer("models/mnist_cnn.onnx", backend="numpy").explain(x, [1, 2], init="one", keep=True)
+    got = onnxdtd.Explainer("models/mnist_cnn.onnx", backend="ort").explain(x, [1, 2], init="one", keep=True)
+    _close(got.relevance, expected.relevance)
+    assert set(expected.intermediate) <= set(got.intermediate)
+    for name, value in expected.intermediate.items():
+        _close(got.intermediate[name], value)

@@ -164,6 +164,8 @@ def _initial(g: Graph, logits: Sym, chosen: Sym, init: str) -> Sym:
 
 def _bounds(g: Graph, model: LayerList, rules: list[Rule | None], low, high, dtype: np.dtype) -> dict:
     """Every bounds-reading layer's z^B bounds as constants (one sample, broadcast over the batch)."""
+    if not any(rule is not None and rule.uses_bounds for rule in rules):
+        return {}
     shapes = {name: (1, *shape[1:]) for name, shape in static_shapes(model).items()
               if shape and all(isinstance(d, int) and d > 0 for d in shape[1:])}
     pick = lambda v, name, default: v.get(name, default) if isinstance(v, Mapping) else v  # noqa: E731

@@ -127,3 +127,13 @@ def test_every_parity_model_passes_the_full_check(tmp_path):
         path = _zoo.export(_zoo.build(name), shape, tmp_path / f"{name}.onnx", "torchscript")
         for preset in ("dtd", "epsilon-gamma-box"):
             onnx.checker.check_model(onnxdtd.export(str(path), rules=preset), full_check=True)
+
+
+@pytest.mark.parametrize("rules, match", [("dtd", "needs a fixed shape"), ("zplus", "spatial size .* must be known")])
+def test_unknown_spatial_sizes_are_clear_errors(rules, match):
+    w = RNG.normal(size=(2, 1, 3, 3)).astype(np.float32)
+    proto = model([node("Conv", ["x", "w"], "c"), node("Relu", ["c"], "r"),
+                   node("ReduceSum", ["r", "axes"], "y", keepdims=0)],
+                  {"w": w, "axes": np.array([2, 3], np.int64)}, (1, "H", "W"))
+    with pytest.raises(onnxdtd.ConfigError, match=match):
+        onnxdtd.export(proto, rules=rules)

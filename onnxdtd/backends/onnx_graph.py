@@ -334,10 +334,11 @@ class _Reduce:
     def __init__(self, layer: Layer, a: Sym):
         self.a, self.axes = a, list(layer.attrs["axes"])
         self.keepdims = int(bool(layer.attrs.get("keepdims", 1)))
-        count = math.prod(a.shape[i] for i in self.axes) if all(a.shape[i] for i in self.axes) else None
-        if count is None:
-            raise ConfigError(f"layer {layer.name!r}: the reduced axes of {a.shape} must be known")
-        self.scale = 1.0 / count if layer.attrs.get("mean") else 1.0
+        self.scale = 1.0
+        if layer.attrs.get("mean"):
+            if not all(a.shape[i] for i in self.axes):
+                raise ConfigError(f"layer {layer.name!r}: the reduced axes of {a.shape} must be known for a mean")
+            self.scale = 1.0 / math.prod(a.shape[i] for i in self.axes)
 
     def forward(self, x: Sym, w: np.ndarray, b: np.ndarray | None) -> Sym:
         g = x.g

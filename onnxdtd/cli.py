@@ -211,8 +211,8 @@ def _export(args: argparse.Namespace) -> int:
     shape = model.input_shape or ()
     low = 0.0 if args.low is None else _per_channel(args.low, shape, "--low", 0.0)
     high = 1.0 if args.high is None else _per_channel(args.high, shape, "--high", 1.0)
-    export(model, args.out, rules=args.rules, low=low, high=high, maxpool=args.maxpool, target=args.target)
-    print(f"wrote {args.out}: inputs {', '.join(repr(i.name) for i in onnx.load(args.out).graph.input)}")
+    proto = export(model, args.out, rules=args.rules, low=low, high=high, maxpool=args.maxpool, target=args.target)
+    print(f"wrote {args.out}: inputs {', '.join(repr(i.name) for i in proto.graph.input)}")
     return 0
 
 

@@ -68,13 +68,13 @@ class Explainer:
         self.static = static_shapes(self.model)
         self.batch = next(iter(self.model.inputs.values()), None)
         self.batch = self.batch[0] if self.batch else None
-        fixed = run_shapes(self.static, self.batch, 1, self.static)
         self.input_dtypes = _input_dtypes(self.model)
         self.providers = providers
         self.graphs: dict[tuple, ort.InferenceSession] = {}  # whole-graph backends: a session per (init, keep)
         if self.backend.whole_graph:
             self.graph_session("logit", False)  # build it now: errors surface here, not in explain()
             return
+        fixed = run_shapes(self.static, self.batch, 1, self.static)
         # The extra nodes' initializers (modified weights) go with the session; only the names stay.
         extra = denominators.plan(self.model, self.rules, self.dtype)
         self.denominators = extra.names

@@ -5,8 +5,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from .backends.ort import session
 from .denominators import Denominators
 from .errors import InputError, ModelLoadError
 from .graph.layer import Derived
@@ -25,15 +25,10 @@ class Forward:
         sources = [name for d in self.derived.values() for name in (d.source, d.like) if name]
         tensors = [t for t in [*tensors, *sources] if t not in self.derived]
         self.names = list(dict.fromkeys(t for t in tensors if t not in inputs))
-        options = ort.SessionOptions()
-        # Every optimization: onnxruntime never fuses away a tensor that is a graph output, so the exposed
-        # tensors stay the model's own, and the kernels it picks (NCHWc convolutions) are its fastest.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(_with_outputs(proto, self.names, extra or Denominators()), options,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
+            # Every optimization: onnxruntime never fuses away a tensor that is a graph output, so the
+            # exposed tensors stay the model's own. No spinning threads: the kernels run between calls.
+            self.session = session(_with_outputs(proto, self.names, extra or Denominators()), providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(f"onnxruntime cannot run this model: {str(exc).strip().splitlines()[-1]}") from exc
 

@@ -17,8 +17,9 @@ from . import __version__
 from .errors import LenientWarning, OnnxdtdError
 from .explainer import Explainer, Explanation
 from .export import export
-from .graph import find_unsupported, load, supported_ops
-from .heatmap import channel_sum, heatmap, overlay
+from .graph import LayerList, find_unsupported, load, supported_ops
+from .heatmap import CMAPS, channel_sum, class_method_grid, heatmap, overlay
+from .methods import METHODS, WRAPPERS
 from .rules import PRESETS, resolve
 
 EXAMPLES = """examples:
@@ -26,6 +27,7 @@ EXAMPLES = """examples:
   onnxdtd inspect model.onnx --rules epsilon-plus
   onnxdtd explain models/mnist_cnn.onnx models/samples/digit_3.png -o out
   onnxdtd explain models/mnist_cnn.onnx models/samples/digit_*.npy --target 3
+  onnxdtd explain models/mnist_cnn.onnx models/samples/digit_3.png --target all --method lrp,clrp,gradient_x_input
   onnxdtd explain resnet.onnx cat.jpg --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225
   onnxdtd export models/mnist_cnn.onnx -o mnist_explainer.onnx --rules dtd
 """
@@ -34,13 +36,16 @@ runtime with float32 Conv) runs, without onnxdtd: inputs `input` (the model's in
 (int64, one class per sample; -1 explains the predicted class), outputs `output` (the logits),
 `explained` (the class explained per sample) and `relevance` (the input's shape)."""
 EXPLAIN_HELP = """Explain each INPUT; write into OUTDIR <stem>_relevance.npy, <stem>_heatmap.png,
-<stem>_overlay.png (image-like inputs) and one summary.json.
+<stem>_overlay.png (image-like inputs) and one summary.json. With --target all or several methods,
+write per method <stem>_<method>_relevance.npy (N, T, ...) and per sample <stem>_grid.png (rows: the
+classes, columns: the methods) instead.
 
 INPUT is a .npy array (one sample, or a batch along a leading axis; or an .npz
 holding it as 'x'), given to the model as is, or an image file (png, jpg, ...): converted to grayscale or RGB by
 the model's channel count, resized to the model's input size (bilinear), scaled
 to [0, 1], then normalized by --mean/--std."""
 HEATMAP_SIDE = 224  # default PNG size: upscale small inputs to about this many pixels on the long side
+NORMS = {"hot": "absolute", "gray": "absolute"}  # sequential colour maps show |R|; the others are centred at 0
 
 
 class UsageError(Exception):
@@ -57,6 +62,7 @@ class Item:
     file_shape: tuple[int, ...]  # the shape relevance is saved in: the .npy's own, or (1, ...) for images
     pixels: np.ndarray | None  # images: the [0, 1] pixels (H, W, C) before normalization
     result: Explanation | None = None
+    results: dict[str, Explanation] | None = None  # by method, for --target all or several methods
 
 
 # ---------------------------------------------------------------- arguments
@@ -70,6 +76,23 @@ def _floats(text: str) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
     return values
+
+
+def _class(text: str) -> int | str:
+    """argparse type of --target: a class index or 'all'."""
+    if text == "all" or text.isdigit():
+        return text if text == "all" else int(text)
+    raise argparse.ArgumentTypeError(f"expected a class index or 'all', got {text!r}")
+
+
+def _methods(text: str) -> list[str]:
+    """argparse type of --method: comma-separated method names."""
+    names = [m.strip() for m in text.split(",")]
+    unknown = [m for m in names if m not in METHODS and m not in WRAPPERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0] if unknown else text!r}; "
+                                         f"one of: {', '.join([*METHODS, *WRAPPERS])}")
+    return list(dict.fromkeys(names))
 
 
 def _positive_int(text: str) -> int:
@@ -103,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("model", metavar="MODEL", help="an .onnx file")
     exp.add_argument("inputs", nargs="+", metavar="INPUT", help=".npy arrays or image files")
     exp.add_argument("--rules", default="dtd", choices=list(PRESETS), metavar="P", help=presets)
-    exp.add_argument("--target", type=int, metavar="K", help="class to explain (default: the predicted one)")
+    exp.add_argument("--target", type=_class, metavar="K",
+                     help="class to explain, or 'all' for every class (default: the predicted one)")
+    exp.add_argument("--method", type=_methods, default=["lrp"], metavar="M",
+                     help=f"method(s), comma-separated: {', '.join([*METHODS, *WRAPPERS])} (default: lrp, the "
+                          "rule chain of --rules)")
     _bound_options(exp, "(default: 0, or (0 - mean) / std with --mean/--std)",
                    "(default: 1, or (1 - mean) / std with --mean/--std)")
     exp.add_argument("--mean", type=_floats, metavar="M", help="image normalization mean, scalar or per channel")
@@ -111,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--backend", default="auto", metavar="B", help="compute backend (default: auto, the fastest)")
     exp.add_argument("--scale", type=_positive_int, metavar="N",
                      help=f"upscale heatmaps N times (default: to about {HEATMAP_SIDE} px)")
+    exp.add_argument("--cmap", default="bwr", choices=list(CMAPS),
+                     help="heatmap colour map: bwr (blue-white-red, 0 at white; default), seismic, hot or gray "
+                          "(hot and gray show |R|)")
     exp.add_argument("-o", "--outdir", default="onnxdtd-out", help="output folder (default: onnxdtd-out)")
     _model_options(exp)
     exp.set_defaults(run=_explain)
@@ -126,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no `target` input: always explain the predicted class")
     _model_options(out)
     out.set_defaults(run=_export)
+    from .evaluate import add_parser  # here, not at the top: evaluate imports this module's helpers
+    add_parser(sub, presets)
     return parser
 
 
@@ -218,36 +250,52 @@ def _export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- explain
 
-def _explain(args: argparse.Namespace) -> int:
-    """Explain every input, then write the relevance, heatmaps and summary.json."""
+def _inputs_and_model(args: argparse.Namespace, instead: str) -> tuple[list[Path], LayerList]:
+    """The INPUT paths (each must exist) and the loaded MODEL, which must have one input (`instead`
+    says what to do with several)."""
     paths = [Path(p) for p in args.inputs]
     for path in paths:
         if not path.is_file():
             raise UsageError(f"no such input file: {path}")
     model = load(args.model, **_load_options(args))
     if len(model.inputs) > 1:
-        raise UsageError(f"the model has {len(model.inputs)} inputs {list(model.inputs)}; explain it from "
-                         "Python with a dict of arrays by input name")
+        raise UsageError(f"the model has {len(model.inputs)} inputs {list(model.inputs)}; {instead}")
+    return paths, model
+
+
+def _explain(args: argparse.Namespace) -> int:
+    """Explain every input, then write the relevance, heatmaps and summary.json."""
+    paths, model = _inputs_and_model(args, "explain it from Python with a dict of arrays by input name")
     shape = model.input_shape or ()
+    mean, std, low, high = _scaling(args, shape)
+    explainers = {m: Explainer(model, rules=args.rules, low=low, high=high, maxpool=args.maxpool,
+                               backend=args.backend, method=m) for m in args.method}
+    items = [_read(path, stem, shape, mean, std) for path, stem in zip(paths, _stems(paths))]
+    for item in items:
+        try:
+            item.results = {m: ex.explain(item.x, target=args.target) for m, ex in explainers.items()}
+        except OnnxdtdError as exc:
+            raise UsageError(f"{item.path}: {exc}") from exc
+        item.result = next(iter(item.results.values()))
+    outdir = Path(args.outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    grids = args.target == "all" or len(args.method) > 1
+    write = _write_grids if grids else _write
+    records = [record for item in items for record in write(item, outdir, args.scale, args.cmap, set(paths))]
+    summary = {"model": str(args.model), "preset": args.rules, "maxpool": args.maxpool, "methods": args.method,
+               "backend": next(iter(explainers.values())).backend.name, "inputs": records}
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _scaling(args: argparse.Namespace, shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """--mean/--std, and the z^B bounds --low/--high (default: the pixel range [0, 1] normalized alike)."""
     mean, std = _per_channel(args.mean, shape, "--mean", 0.0), _per_channel(args.std, shape, "--std", 1.0)
     if np.any(std <= 0):
         raise UsageError("--std must be positive")
     low = (0.0 - mean) / std if args.low is None else _per_channel(args.low, shape, "--low", 0.0)
     high = (1.0 - mean) / std if args.high is None else _per_channel(args.high, shape, "--high", 1.0)
-    ex = Explainer(model, rules=args.rules, low=low, high=high, maxpool=args.maxpool, backend=args.backend)
-    items = [_read(path, stem, shape, mean, std) for path, stem in zip(paths, _stems(paths))]
-    for item in items:
-        try:
-            item.result = ex.explain(item.x, target=args.target)
-        except OnnxdtdError as exc:
-            raise UsageError(f"{item.path}: {exc}") from exc
-    outdir = Path(args.outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    records = [record for item in items for record in _write(item, outdir, args.scale, set(paths))]
-    summary = {"model": str(args.model), "preset": args.rules, "maxpool": args.maxpool,
-               "backend": ex.backend.name, "inputs": records}
-    (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return 0
+    return mean, std, low, high
 
 
 def _per_channel(values: np.ndarray | None, shape: tuple, option: str, default: float) -> np.ndarray:
@@ -328,13 +376,13 @@ def _read_image(path: Path, shape: tuple) -> np.ndarray:
     return (np.asarray(img, dtype=np.float32) / 255.0).reshape(size[1], size[0], shape[axis])
 
 
-def _write(item: Item, outdir: Path, scale: int | None, inputs: set[Path]) -> list[dict]:
+def _write(item: Item, outdir: Path, scale: int | None, cmap: str, inputs: set[Path]) -> list[dict]:
     """Write one input's relevance and PNGs, print one line per sample; the summary records."""
     relevance_file = _target(outdir / f"{item.stem}_relevance.npy", inputs)
     np.save(relevance_file, item.result.relevance.reshape(item.file_shape))
     records = []
     for i in range(len(item.x)):
-        files = _write_pngs(item, i, outdir, scale, inputs)
+        files = _write_pngs(item, i, outdir, scale, cmap, inputs)
         rec = _record(item, i, {"relevance": relevance_file.name, **files})
         ratio = "n/a" if rec["conservation"] is None else f"{rec['conservation']:.6f}"
         print(f"{item.path}{f'[{i}]' if len(item.x) > 1 else ''}: prediction {rec['prediction']}, "
@@ -344,12 +392,40 @@ def _write(item: Item, outdir: Path, scale: int | None, inputs: set[Path]) -> li
     return records
 
 
-def _write_pngs(item: Item, i: int, outdir: Path, scale: int | None, inputs: set[Path]) -> dict:
+def _write_grids(item: Item, outdir: Path, scale: int | None, cmap: str, inputs: set[Path]) -> list[dict]:
+    """Write one input's relevance per method (N, T, ...) and one class-by-method grid per sample."""
+    files = {}
+    for method, res in item.results.items():
+        relevance = res.relevance if res.relevance.ndim == item.x.ndim + 1 else res.relevance[:, None]
+        files[method] = _target(outdir / f"{item.stem}_{method}_relevance.npy", inputs)
+        np.save(files[method], relevance)
+    records = []
+    for i in range(len(item.x)):
+        stem = item.stem if len(item.x) == 1 else f"{item.stem}_{i}"
+        classes = np.atleast_1d(item.result.target[i])
+        axis = _channel_axis(item.x.shape)
+        maps = {}
+        for method, res in item.results.items():
+            r = res.relevance[i].reshape(len(classes), *item.x.shape[1:])
+            maps[method] = np.stack([channel_sum(np.moveaxis(c, -1, 0) if axis == 3 else c) for c in r])
+        side = max(next(iter(maps.values())).shape[1:])
+        image = class_method_grid(maps, [str(c) for c in classes], scale=scale or max(1, HEATMAP_SIDE // 2 // side),
+                                  cmap=cmap, norm=NORMS.get(cmap, "symmetric"))
+        image.save(_target(outdir / f"{stem}_grid.png", inputs))
+        records.append({"file": str(item.path), "index": i, "prediction": int(item.result.output[i].argmax()),
+                        "targets": classes.tolist(), "grid": f"{stem}_grid.png",
+                        "relevance": {m: f.name for m, f in files.items()}})
+        print(f"{item.path}{f'[{i}]' if len(item.x) > 1 else ''}: prediction {records[-1]['prediction']}, "
+              f"{len(classes)} class(es) x {len(maps)} method(s) -> {outdir / records[-1]['grid']}")
+    return records
+
+
+def _write_pngs(item: Item, i: int, outdir: Path, scale: int | None, cmap: str, inputs: set[Path]) -> dict:
     """The heatmap of sample `i`, and its overlay when the input is image-like; their file names."""
     stem = item.stem if len(item.x) == 1 else f"{item.stem}_{i}"
     r, axis = item.result.relevance[i], _channel_axis(item.x.shape)
     rmap = channel_sum(np.moveaxis(r, -1, 0) if axis == 3 else r)
-    heat = heatmap(rmap, scale or max(1, HEATMAP_SIDE // max(rmap.shape)))
+    heat = heatmap(rmap, scale or max(1, HEATMAP_SIDE // max(rmap.shape)), cmap=cmap, norm=NORMS.get(cmap, "symmetric"))
     heat.save(_target(outdir / f"{stem}_heatmap.png", inputs))
     if axis is None:
         return {"heatmap": f"{stem}_heatmap.png", "overlay": None}

@@ -2,7 +2,12 @@
 
 Each layer kind declares which forward tensors its kernel reads (READS); the forward pass exposes
 only those, and the walk releases each one as soon as the last layer that reads it is done, so the
-memory held stays near the forward pass's."""
+memory held stays near the forward pass's.
+
+The walk has two modes (MODES): "relevance" propagates relevance by the layers' rules (LRP/DTD);
+"gradient" propagates the gradient of the output w.r.t. every tensor, with the rules of
+rules.gradient.assign on linear and pooling layers (g_in = Wᵀ g), winner routing through max
+pooling, copies into sums, and the derivative of activations and constant scalings."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -12,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .backends.base import Array, Backend
+from .errors import ConfigError
 from .graph.layer import LINEAR_KINDS, PASS_KINDS, POOLING_KINDS, ROUTING_KINDS, Layer, LayerList, Shape
 from .rules.base import Rule
 
@@ -29,6 +35,7 @@ class Walk:
     bounds: dict[int, tuple[Array, Array]]
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     denominators: dict[int, dict[int, str]] = field(default_factory=dict)  # see onnxdtd.denominators
+    mode: str = "relevance"  # a key of MODES
 
 
 def _linear(w: Walk, layer: Layer, r: Array) -> list[Array]:
@@ -54,9 +61,34 @@ def _pass(w: Walk, layer: Layer, r: Array) -> list[Array]:
     return [r]
 
 
-PROPAGATE: dict[str, Callable[[Walk, Layer, Array], list[Array]]] = {
+def _winner(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    """Max pooling's gradient: to the first maximum of each window, whatever the walk's maxpool mode."""
+    return [w.backend.maxpool(layer, w.acts[layer.inputs[0]], r, "winner")]
+
+
+def _copy(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    """A sum's gradient: the output's, summed over the axes along which each input was broadcast."""
+    return [w.backend.unbroadcast(r, w.shapes[name]) for name in layer.inputs]
+
+
+def _derivative(w: Walk, layer: Layer, r: Array) -> list[Array]:
+    """An activation's or constant scaling's gradient: times its derivative at the layer input, summed
+    over broadcast axes; ops without a rule (lenient) pass it unchanged, as they pass relevance."""
+    if layer.attrs.get("lenient"):
+        return [r]
+    name = layer.inputs[0]
+    return [w.backend.unbroadcast(w.backend.derivative(layer, w.acts.get(name), r), w.shapes[name])]
+
+
+Handler = Callable[[Walk, Layer, Array], list[Array]]
+
+PROPAGATE: dict[str, Handler] = {
     **dict.fromkeys(LINEAR_KINDS | POOLING_KINDS, _linear), "maxpool": _maxpool, "reducemax": _maxpool,
     "add": _add, **dict.fromkeys(ROUTING_KINDS, _route), **dict.fromkeys(PASS_KINDS, _pass),
+}
+
+GRADIENT: dict[str, Handler] = {
+    **PROPAGATE, "maxpool": _winner, "reducemax": _winner, "add": _copy, **dict.fromkeys(PASS_KINDS, _derivative),
 }
 
 
@@ -66,22 +98,50 @@ def _linear_reads(layer: Layer, rule: Rule | None) -> list[str]:
     return [layer.inputs[0], *([layer.output] if needs_z else [])]
 
 
+Reader = Callable[[Layer, Rule | None], list[str]]
+
 # kind -> (layer, its rule) -> the forward tensors its kernel reads
-READS: dict[str, Callable[[Layer, Rule | None], list[str]]] = {
+READS: dict[str, Reader] = {
     **dict.fromkeys(LINEAR_KINDS | POOLING_KINDS, _linear_reads),
     "maxpool": lambda layer, rule: layer.inputs[:1], "reducemax": lambda layer, rule: layer.inputs[:1],
     "add": lambda layer, rule: list(layer.inputs),
 }
 
+# The gradient reads no sum's inputs, and the input of every activation that has a derivative.
+GRADIENT_READS: dict[str, Reader] = {
+    **{kind: read for kind, read in READS.items() if kind != "add"},
+    "elementwise": lambda layer, rule: [] if layer.attrs.get("lenient") else layer.inputs[:1],
+}
 
-def reads(model: LayerList, rules: list[Rule | None],
-          denominators: dict[int, dict[int, str]] | None = None) -> dict[str, int]:
-    """Every forward tensor the walk reads, the denominators the forward pass computed included, with
-    the index of the earliest layer that reads it (the walk releases the tensor after that layer)."""
+
+@dataclass(frozen=True)
+class Mode:
+    """What a walk propagates: a handler per layer kind, and the forward tensors each kind reads."""
+
+    propagate: dict[str, Handler]
+    reads: dict[str, Reader]
+
+
+MODES = {"relevance": Mode(PROPAGATE, READS), "gradient": Mode(GRADIENT, GRADIENT_READS)}
+
+
+def walk_mode(name: str) -> Mode:
+    """The walk mode called `name`."""
+    if name not in MODES:
+        raise ConfigError(f"mode must be one of {tuple(MODES)}, got {name!r}")
+    return MODES[name]
+
+
+def reads(model: LayerList, rules: list[Rule | None], denominators: dict[int, dict[int, str]] | None = None,
+          mode: str = "relevance") -> dict[str, int]:
+    """Every forward tensor the walk in `mode` reads, the denominators the forward pass computed
+    included, with the index of the earliest layer that reads it (the walk releases the tensor after
+    that layer)."""
+    table = walk_mode(mode).reads
     last: dict[str, int] = {}
     for layer, rule in zip(model, rules):
         own = (denominators or {}).get(layer.index, {}).values()
-        for name in [*READS.get(layer.kind, lambda *_: [])(layer, rule), *own]:
+        for name in [*table.get(layer.kind, lambda *_: [])(layer, rule), *own]:
             last.setdefault(name, layer.index)
     return last
 
@@ -110,14 +170,15 @@ def run_shapes(static: dict[str, Shape], batch: Any, n: int, names: Iterable[str
 
 
 def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[dict[str, Array], dict[str, Any]]:
-    """Propagate `initial` (relevance at the model output) to the model inputs.
+    """Propagate `initial` (relevance, or the gradient in gradient mode, at the model output) to the
+    model inputs.
 
     Relevance reaching a tensor from several readers is summed; a tensor's relevance is complete when
     the walk reaches its producer. Returns the relevance of every input that the output depends on
     and, with `keep`, every tensor's. Activations leave `walk.acts` once no earlier layer reads them."""
-    model = walk.model
+    model, propagate = walk.model, walk_mode(walk.mode).propagate
     release: dict[int, list[str]] = {}
-    for name, index in reads(model, walk.rules, walk.denominators).items():
+    for name, index in reads(model, walk.rules, walk.denominators, walk.mode).items():
         release.setdefault(index, []).append(name)
     relevance: dict[str, Array] = {model.output_name: initial}
     kept: dict[str, np.ndarray] = {}
@@ -129,7 +190,7 @@ def backward(walk: Walk, initial: Array, keep: bool = False) -> tuple[dict[str, 
             if keep:
                 kept.update((name, walk.backend.to_numpy(p)) for name, p in zip(layer.outputs, parts))
             r = parts[0] if len(parts) == 1 else parts
-            for name, part in zip(layer.inputs, PROPAGATE[layer.kind](walk, layer, r)):
+            for name, part in zip(layer.inputs, propagate[layer.kind](walk, layer, r)):
                 relevance[name] = part if name not in relevance else relevance[name] + part
         for name in release.get(layer.index, ()):
             walk.acts.pop(name, None)

@@ -21,8 +21,8 @@ from .graph import LayerList, load
 from .graph.loader import ModelSource
 from .rules import Composite, Rule, resolve
 
-TARGET_MODES = ("input", "argmax")
-INPUT, TARGET, OUTPUT, EXPLAINED, RELEVANCE = "input", "target", "output", "explained", "relevance"
+TARGET_MODES = ("input", "argmax", "init")
+INPUT, TARGET, INIT, OUTPUT, EXPLAINED, RELEVANCE = "input", "target", "init", "output", "explained", "relevance"
 
 
 def export(model: ModelSource | LayerList, path: str | Path | None = None, rules: str | Composite = "dtd",
@@ -31,7 +31,8 @@ def export(model: ModelSource | LayerList, path: str | Path | None = None, rules
     """The explainer of `model` as an ONNX model (also written to `path` when given).
 
     Inputs: the model's input (named `input` when the model has one) and, with target="input", `target`
-    (int64, one class per sample; a negative entry explains the sample's argmax). Outputs: `output`
+    (int64, one class per sample; a negative entry explains the sample's argmax), or with target="init"
+    `init`, the initial relevance itself (float, the logits' shape (N, K)). Outputs: `output`
     (the explained logits, (N, K)), `explained` (the explained class per sample), `relevance` (the
     input's shape; `relevance/<name>` per input for several inputs) and `relevance/<name>` for every
     tensor in `intermediate`."""
@@ -44,8 +45,10 @@ def export(model: ModelSource | LayerList, path: str | Path | None = None, rules
 
 
 def build(model: LayerList, rules: list[Rule | None], low, high, maxpool: str, target: str = "input",
-          init: str = "logit", dtype=None, intermediate: Sequence[str] = ()) -> onnx.ModelProto:
-    """The explainer graph of a loaded model under per-layer rules (see export)."""
+          init: str = "logit", dtype=None, intermediate: Sequence[str] = (),
+          mode: str = "relevance") -> onnx.ModelProto:
+    """The explainer graph of a loaded model under per-layer rules (see export); in the walk's
+    gradient `mode` (engine.MODES) the `relevance` outputs are the gradient of the initial output."""
     if target not in TARGET_MODES:
         raise ConfigError(f"target must be one of {TARGET_MODES}, got {target!r}")
     base = _upgraded(model.proto)
@@ -61,14 +64,15 @@ def build(model: LayerList, rules: list[Rule | None], low, high, maxpool: str, t
         raise ConfigError(f"no tensor {missing[0]!r} in the layer list (see onnxdtd.load(model))")
     _derived_nodes(g, model, names)
     symbol = lambda name: _activation(g, names.get(name, name), shapes.get(name, ()), float_type, dtype)  # noqa: E731
-    acts = {name: symbol(name) for name in reads(model, rules)}
+    acts = {name: symbol(name) for name in reads(model, rules, mode=mode)}
     output = symbol(model.output_name)
     logits = output.reshape((output.shape[0], -1))
     chosen = _target(g, logits, target)
-    start = _initial(g, logits, chosen, init)
+    start = Sym(g, INIT, logits.shape, dtype) if target == "init" else _initial(g, logits, chosen, init)
     if output.ndim != 2:
         start = start.reshape(output.shape)
-    walk = Walk(model, rules, GraphBackend(), acts, maxpool, _bounds(g, model, rules, low, high, dtype), shapes)
+    walk = Walk(model, rules, GraphBackend(), acts, maxpool, _bounds(g, model, rules, low, high, dtype), shapes,
+                mode=mode)
     found, kept = backward(walk, start, keep=bool(intermediate))
     outputs = {OUTPUT: logits, EXPLAINED: chosen}
     for name in model.inputs:
@@ -76,14 +80,15 @@ def build(model: LayerList, rules: list[Rule | None], low, high, maxpool: str, t
         outputs[RELEVANCE if single else f"{RELEVANCE}/{name}"] = value
     for name in intermediate:
         outputs[f"{RELEVANCE}/{name}"] = kept.get(name) or zeros(g, shapes[name], dtype, logits)
-    return _assemble(base, model, g, outputs, target, single, names)
+    return _assemble(base, model, g, outputs, target, single, names, dtype)
 
 
 def _free_names(base: onnx.ModelProto, model: LayerList, single: bool) -> dict[str, str]:
     """Renames, in `base`, of the model's tensors whose names the explainer's inputs and outputs take."""
     graph = base.graph
     taken = {n for node in graph.node for n in [*node.input, *node.output]} | {i.name for i in graph.input}
-    reserved = {OUTPUT, TARGET, EXPLAINED, RELEVANCE} | ({INPUT} if single and model.input_name != INPUT else set())
+    reserved = {OUTPUT, TARGET, INIT, EXPLAINED, RELEVANCE}
+    reserved |= {INPUT} if single and model.input_name != INPUT else set()
     renames = {}
     for name in sorted(taken):
         if name in reserved or name.startswith(f"{RELEVANCE}/"):
@@ -142,7 +147,7 @@ def _activation(g: Graph, name: str, shape: tuple, float_type: int, dtype: np.dt
 def _target(g: Graph, logits: Sym, mode: str) -> Sym:
     """(N,) int64: the `target` input where it is >= 0, else the argmax (first maximum)."""
     best = g.op("ArgMax", [logits], (logits.shape[0],), np.int64, axis=1, keepdims=0, select_last_index=0)
-    if mode == "argmax":
+    if mode != "input":
         return best
     given = Sym(g, TARGET, (logits.shape[0],), np.dtype(np.int64))
     negative = g.op("Less", [given, g.ints([0])], given.shape, np.bool_)
@@ -184,9 +189,9 @@ def _bounds(g: Graph, model: LayerList, rules: list[Rule | None], low, high, dty
 
 
 def _assemble(base: onnx.ModelProto, model: LayerList, g: Graph, outputs: dict[str, Sym], target: str,
-              single: bool, names: dict[str, str]) -> onnx.ModelProto:
-    """The model's graph with the explanation's nodes added, its inputs (the single one named `input`)
-    and the explanation's outputs."""
+              single: bool, names: dict[str, str], dtype: np.dtype) -> onnx.ModelProto:
+    """The model's graph with the explanation's nodes added, its inputs (the single one named `input`,
+    and `target` or `init` (in `dtype`) by the target mode) and the explanation's outputs."""
     graph = base.graph
     own = names.get(model.input_name, model.input_name)
     if single and own != INPUT:
@@ -196,6 +201,10 @@ def _assemble(base: onnx.ModelProto, model: LayerList, g: Graph, outputs: dict[s
                 vi.name = INPUT
     if target == "input":
         graph.input.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.INT64, [_batch(graph)]))
+    elif target == "init":
+        logits = outputs[OUTPUT]
+        graph.input.append(helper.make_tensor_value_info(INIT, helper.np_dtype_to_tensor_dtype(dtype),
+                                                         [_batch(graph), logits.shape[1]]))
     graph.node.extend(g.nodes)
     graph.initializer.extend(g.initializers)
     for name, sym in outputs.items():

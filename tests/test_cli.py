@@ -73,6 +73,34 @@ def test_explain_target_and_batch(capsys, tmp_path):
     assert (tmp_path / "two_0_heatmap.png").is_file() and (tmp_path / "two_1_overlay.png").is_file()
 
 
+def test_explain_every_class_with_several_methods(capsys, tmp_path):
+    batch = np.concatenate([np.load(SAMPLES / f"digit_{d}.npy") for d in (0, 7)])
+    np.save(tmp_path / "two.npy", batch)
+    code, stdout, _ = run_cli(capsys, "explain", MODEL, tmp_path / "two.npy", "--target", "all",
+                              "--method", "lrp,clrp", "-o", tmp_path / "o")
+    assert code == 0 and len(stdout.strip().splitlines()) == 2
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["methods"] == ["lrp", "clrp"]
+    expected = Explainer(MODEL, backend="numpy").explain(batch, target="all").relevance
+    for method in ("lrp", "clrp"):
+        relevance = np.load(tmp_path / "o" / f"two_{method}_relevance.npy")
+        assert relevance.shape == (2, 10, 1, 28, 28)
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "two_lrp_relevance.npy"), expected, rtol=1e-4, atol=1e-6)
+    for i, rec in enumerate(summary["inputs"]):
+        assert rec["targets"] == list(range(10)) and rec["prediction"] == [0, 7][i]
+        with Image.open(tmp_path / "o" / rec["grid"]) as img:  # 10 rows, 2 columns of 112-px cells + labels
+            assert img.height > 10 * 112 and 2 * 112 < img.width < 4 * 112
+
+
+def test_explain_one_target_with_two_methods_is_one_row(capsys, tmp_path, inputs):
+    code, _, _ = run_cli(capsys, "explain", MODEL, inputs["png"], "--method", "lrp,sglrp", "-o", tmp_path / "o")
+    assert code == 0
+    rec = json.loads((tmp_path / "o" / "summary.json").read_text())["inputs"][0]
+    assert rec["targets"] == [3] and np.load(tmp_path / "o" / "digit_3_sglrp_relevance.npy").shape == (1, 1, 1, 28, 28)
+    with Image.open(tmp_path / "o" / rec["grid"]) as img:
+        assert img.width > 2 * 112 and 112 < img.height < 2 * 112
+
+
 def test_explain_one_sample_without_batch_axis(capsys, tmp_path):
     np.save(tmp_path / "x.npy", np.load(SAMPLES / "digit_7.npy")[0])
     code, _, _ = run_cli(capsys, "explain", MODEL, tmp_path / "x.npy", "--scale", 2, "-o", tmp_path / "o")
@@ -80,6 +108,15 @@ def test_explain_one_sample_without_batch_axis(capsys, tmp_path):
     assert np.load(tmp_path / "o" / "x_relevance.npy").shape == (1, 28, 28)
     with Image.open(tmp_path / "o" / "x_heatmap.png") as img:
         assert img.size == (56, 56)
+
+
+@pytest.mark.parametrize("cmap, zero", [("bwr", (255, 255, 255)), ("hot", (0, 0, 0)), ("gray", (0, 0, 0))])
+def test_colour_maps(capsys, tmp_path, inputs, cmap, zero):
+    """A corner pixel (about zero relevance) is the colour map's zero: white for bwr, black for |R| maps."""
+    code, _, _ = run_cli(capsys, "explain", MODEL, inputs["npy"], "--cmap", cmap, "--rules", "zplus", "-o", tmp_path)
+    assert code == 0
+    with Image.open(tmp_path / "digit_3_heatmap.png") as img:
+        assert np.abs(np.subtract(img.getpixel((0, 0)), zero)).max() <= 3
 
 
 def test_mean_std_normalize_image_and_set_bounds(capsys, tmp_path, inputs):
@@ -188,6 +225,8 @@ def test_user_errors_exit_2_in_one_line(capsys, tmp_path, inputs):
 
 @pytest.mark.parametrize("argv", [["explain", str(MODEL), "x.npy", "--rules", "nonesuch"],
                                   ["explain", str(MODEL), "x.npy", "--mean", "a,b"],
+                                  ["explain", str(MODEL), "x.npy", "--target", "some"],
+                                  ["explain", str(MODEL), "x.npy", "--method", "lrp,occlusion"],
                                   ["inspect"]])
 def test_argparse_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -57,6 +57,15 @@ def test_argmax_mode_has_no_target_input():
     np.testing.assert_array_equal(out["explained"], expected.target)
 
 
+def test_init_mode_takes_the_initial_relevance_as_input():
+    proto = onnxdtd.export(SHIPPED, target="init")
+    init = RNG.uniform(-1, 1, (3, 10)).astype(np.float32)
+    assert [i.name for i in proto.graph.input if i.name in ("input", "target", "init")] == ["input", "init"]
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    relevance = session.run(["relevance"], {"input": X, "init": init})[0]
+    _close(relevance, onnxdtd.Explainer(SHIPPED, backend="numpy").explain(X, init=init).relevance)
+
+
 def test_relevance_at_named_intermediate_tensors():
     ref = onnxdtd.Explainer(SHIPPED, backend="numpy").explain(X, keep=True)
     names = sorted(name for name in ref.intermediate if name != "input")[:3]

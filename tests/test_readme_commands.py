@@ -25,3 +25,19 @@ def test_readme_command(command, tmp_path, monkeypatch, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     for record in json.loads((tmp_path / "summary.json").read_text())["inputs"]:
         assert abs(record["conservation"] - 1) < 1e-3
+
+
+def test_python_api_examples_run(tmp_path, monkeypatch):
+    """The Python blocks of "Python API" (up to the export section) and "Evaluating explanations" run
+    in order as written."""
+    readme = (ROOT / "README.md").read_text()
+    api = readme.split("## Python API")[1].split("### The explainer as an ONNX file")[0]
+    evaluating = readme.split("## Evaluating explanations")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", api + evaluating, flags=re.S)
+    assert len(blocks) >= 5
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own examples
+    assert (tmp_path / "classes_by_methods.png").is_file() and (tmp_path / "batch.png").is_file()

@@ -49,6 +49,16 @@ class Backend(ABC):
         """Split the relevance of a sum of activations by the z-rule R_k = x_k R / s(Σ x)."""
 
     @abstractmethod
+    def derivative(self, layer: Layer, a: Array | None, relevance: Array) -> Array:
+        """The gradient `relevance` at the output of an elementwise or affine layer times the layer's
+        derivative at its input `a` (rules.gradient.derivative; affine layers: their scale, `a` unused)."""
+
+    @abstractmethod
+    def unbroadcast(self, x: Array, shape: tuple[int, ...]) -> Array:
+        """`x` summed down to `shape` over the axes that broadcasting expanded (the gradient of a
+        broadcast); `x` itself where the shapes agree."""
+
+    @abstractmethod
     def route(self, layer: Layer, relevance: Array | list[Array], in_shapes: Sequence[tuple[int, ...]]) -> list[Array]:
         """Send relevance back through concat/split/reshape/transpose/pad/index layers as the gradient
         would; `relevance` is a list for layers with several outputs (split)."""

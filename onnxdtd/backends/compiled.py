@@ -45,8 +45,10 @@ class CompiledBackend(NumpyBackend):
         relevance = _c(relevance)
         for bound in bind(layer, rule, a, z, low, high, denoms):
             group = bound.group
-            run(layer, bound.terms, relevance, _c(bound.denom), _c(z) if group.mask else None, MASKS[group.mask],
-                group.coeff, rule.stabilizer, out)
+            # No division: the kernels divide by a denominator of ones without stabilizer, which is exact.
+            denom, stabilizer = (_c(bound.denom), rule.stabilizer) if group.divide else (np.ones_like(relevance), 0.0)
+            run(layer, bound.terms, relevance, denom, _c(z) if group.mask else None, MASKS[group.mask],
+                group.coeff, stabilizer, out)
         return out
 
     def _conv(self, layer: Layer, terms: list[BoundTerm], relevance, denom, z, mask, coeff, stabilizer, out):

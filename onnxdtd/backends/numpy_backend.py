@@ -2,6 +2,7 @@
 transposed pass, multiply."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import replace
 from typing import Sequence
@@ -11,6 +12,7 @@ import numpy as np
 from ..graph.layer import Layer
 from ..graph.ops.index import source_index
 from ..rules.base import Rule, stabilize
+from ..rules.gradient import derivative
 from .base import Backend
 from .geometry import Window, window
 from .terms import bind
@@ -151,6 +153,8 @@ class _Reduce:
         return np.broadcast_to(s.reshape(kept) * (w * self.scale), self.shape).copy()
 
 
+COMPARE = {">": np.greater, "<": np.less}  # the comparisons of rules.gradient.derivative
+
 OPS = {"dense": _Dense, "conv": _Conv, "convtranspose": _ConvTranspose, "avgpool": _AvgPool, "reduce": _Reduce}
 
 
@@ -170,7 +174,9 @@ def _reduce_max(layer: Layer, a: np.ndarray, relevance: np.ndarray, mode: str) -
 
 
 def _unbroadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum `x` down to `shape` over the axes that broadcasting expanded."""
+    """Sum `x` down to `shape` over the axes that broadcasting expanded (`x` itself if none did)."""
+    if x.shape == tuple(shape):
+        return x
     lead = x.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and x.shape[lead + i] != 1)
     return x.sum(axis=axes, keepdims=True).reshape(shape)
@@ -193,10 +199,13 @@ class NumpyBackend(Backend):
         for bound in bind(layer, rule, a, z, low, high, denoms):
             group = bound.group
             terms = [t if t.x.shape == a.shape else replace(t, x=np.broadcast_to(t.x, a.shape)) for t in bound.terms]
-            # A denominator from the forward pass (the plain group's is the layer's own output) is
-            # reused: consistent with the activations that the relevance arriving here is proportional to.
-            denom = bound.denom if bound.denom is not None else sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
-            s = relevance / stabilize(denom, rule.stabilizer)
+            s = relevance
+            if group.divide:
+                # A denominator from the forward pass (the plain group's is the layer's own output) is reused:
+                # consistent with the activations that the relevance arriving here is proportional to.
+                denom = bound.denom if bound.denom is not None else \
+                    sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
+                s = relevance / stabilize(denom, rule.stabilizer)
             if group.mask is not None:
                 s = s * ((z > 0) if group.mask == "pos" else (z < 0))
             for t in terms:
@@ -224,8 +233,25 @@ class NumpyBackend(Backend):
         s = relevance / stabilize(total, 1e-6)
         return [_unbroadcast(x * s, x.shape) for x in inputs]
 
+    def derivative(self, layer: Layer, a, relevance):
+        if layer.kind == "affine":
+            return _scaled(relevance, layer.params["scale"])
+        tests, slope = derivative(layer)
+        inside = functools.reduce(np.logical_and, [COMPARE[op](a, np.asarray(v, a.dtype)) for op, v in tests], True)
+        if not np.any(slope):
+            return relevance * inside
+        return np.where(inside, relevance, _scaled(relevance, slope))
+
+    def unbroadcast(self, x, shape):
+        return _unbroadcast(x, shape)
+
     def route(self, layer: Layer, relevance, in_shapes):
         return ROUTES[layer.kind](layer, relevance, in_shapes)
+
+
+def _scaled(x: np.ndarray, scale) -> np.ndarray:
+    """x times a constant in x's dtype (x itself for a scale of 1)."""
+    return x if np.all(np.asarray(scale) == 1) else x * np.asarray(scale, x.dtype)
 
 
 def _unconcat(layer: Layer, r: np.ndarray, in_shapes) -> list[np.ndarray]:

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 from ..graph.layer import Layer
 from ..graph.ops.index import source_index
 from ..rules.base import Group, Rule, Term
+from ..rules.gradient import derivative
 from .base import Backend
 from .geometry import Window, window
 from .numpy_backend import avgpool_divisor
@@ -424,8 +425,10 @@ class GraphBackend(Backend):
             bound = bind_group(layer, rule, group, a, low, high)
             if not bound:
                 continue
-            denom = z if group.is_plain else denominator(op, bound)
-            s = relevance / stabilize(denom, rule.stabilizer, nonnegative_denominator(layer, group))
+            s = relevance
+            if group.divide:
+                denom = z if group.is_plain else denominator(op, bound)
+                s = relevance / stabilize(denom, rule.stabilizer, nonnegative_denominator(layer, group))
             if group.mask is not None:
                 s = s * _mask(z, group.mask)
             for x, w, _, sign in bound:
@@ -459,8 +462,30 @@ class GraphBackend(Backend):
         s = relevance / stabilize(total, 1e-6)
         return [_unbroadcast(x * s, x.shape) for x in inputs]
 
+    def derivative(self, layer: Layer, a, relevance):
+        if layer.kind == "affine":
+            return _scaled(relevance, layer.params["scale"])
+        g = relevance.g
+        tests, slope = derivative(layer)
+        inside = None
+        for op, v in tests:
+            bound = g.const(np.asarray(v, a.dtype))
+            test = g.op(COMPARE[op], [a, bound], _broadcast(a.shape, bound.shape), np.bool_)
+            inside = test if inside is None else g.op("And", [inside, test], _broadcast(inside.shape, test.shape),
+                                                       np.bool_)
+        if inside is None:
+            return relevance
+        other = _scaled(relevance, slope) if np.any(slope) else g.scalar(0.0, relevance.dtype)
+        return g.op("Where", [inside, relevance, other], _broadcast(inside.shape, relevance.shape), relevance.dtype)
+
+    def unbroadcast(self, x, shape):
+        return _unbroadcast(x, tuple(shape))
+
     def route(self, layer: Layer, relevance, in_shapes):
         return ROUTES[layer.kind](layer, relevance, [tuple(s) for s in in_shapes])
+
+
+COMPARE = {">": "Greater", "<": "Less"}  # the comparisons of rules.gradient.derivative as ONNX ops
 
 
 def _reduce_max(layer: Layer, a: Sym, relevance: Sym, mode: str) -> Sym:

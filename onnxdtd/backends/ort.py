@@ -90,4 +90,6 @@ class OrtBackend(GraphBackend):
     linear = _eager(GraphBackend.linear)
     maxpool = _eager(GraphBackend.maxpool)
     add = _eager(GraphBackend.add)
+    derivative = _eager(GraphBackend.derivative)
+    unbroadcast = _eager(GraphBackend.unbroadcast)
     route = _eager(GraphBackend.route)

@@ -5,10 +5,11 @@ from .composite import Composite
 from .epsilon import LRP0, Epsilon, Norm
 from .flat import Flat
 from .gamma import Gamma
+from .gradient import Gradient
 from .presets import PRESETS, resolve
 from .wsquare import WSquare
 from .zbox import ZBox
 from .zplus import ZPlus
 
-__all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Group", "LRP0", "Norm", "PRESETS", "Rule",
-           "Term", "WSquare", "ZBox", "ZPlus", "resolve", "stabilize"]
+__all__ = ["AlphaBeta", "Composite", "Epsilon", "Flat", "Gamma", "Gradient", "Group", "LRP0", "Norm", "PRESETS",
+           "Rule", "Term", "WSquare", "ZBox", "ZPlus", "resolve", "stabilize"]

@@ -6,8 +6,9 @@ A rule propagates R through a linear layer z = f(a; W, b) as
                sign_t * in_t * f_tᵀ( mask_g * R / s(sum over t in g of sign_t * f(in_t; mod_t(W), mod_t(b))) )
 
 where in_t is a modified input, f_tᵀ the transposed pass with the modified weight and s the
-stabilizer. Every backend evaluates these terms; the modifiers are named so that compiled kernels
-can recognise and fuse them.
+stabilizer; a group with divide=False passes R itself (no denominator: the gradient's Wᵀ R). Every
+backend evaluates these terms; the modifiers are named so that compiled kernels can recognise and
+fuse them.
 """
 from __future__ import annotations
 
@@ -55,11 +56,13 @@ PLAIN = Term("x", "w", "w")  # the layer's own forward pass
 
 @dataclass(frozen=True)
 class Group:
-    """Terms that share a denominator; `mask` keeps only outputs whose original z is 'pos' or 'neg'."""
+    """Terms that share a denominator; `mask` keeps only outputs whose original z is 'pos' or 'neg';
+    `divide=False` drops the denominator (R itself goes into the transposed pass: the gradient)."""
 
     terms: tuple[Term, ...]
     coeff: float = 1.0
     mask: str | None = None
+    divide: bool = True
 
     @property
     def is_plain(self) -> bool:

@@ -41,3 +41,23 @@ def test_python_api_examples_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own examples
     assert (tmp_path / "classes_by_methods.png").is_file() and (tmp_path / "batch.png").is_file()
+
+
+SHIPPED = re.findall(r"(onnxdtd (?:explain|evaluate) models/mnist_cnn\.onnx [^`#\n]*)", (ROOT / "README.md").read_text())
+
+
+def test_shipped_model_commands_are_found():
+    assert any("--target all" in c for c in SHIPPED) and any(c.startswith("onnxdtd evaluate") for c in SHIPPED)
+
+
+@pytest.mark.parametrize("command", SHIPPED)
+def test_shipped_model_command(command, tmp_path, monkeypatch, capsys):
+    """Every README command on the shipped MNIST model runs as written (into a temporary folder)."""
+    monkeypatch.chdir(ROOT)
+    argv = shlex.split(command)[1:]
+    if "-o" in argv:
+        argv[argv.index("-o") + 1] = str(tmp_path)
+    else:
+        argv += ["-o", str(tmp_path)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (tmp_path / ("metrics.json" if argv[0] == "evaluate" else "summary.json")).is_file()

@@ -1,6 +1,7 @@
 """Backends implementing the kernel interface, and which of them work on this machine."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Callable
@@ -36,6 +37,16 @@ def _numba() -> Backend:
     return CompiledBackend("numba", numba_kernels)
 
 
+def _cuda() -> Backend | None:
+    """None where CuPy is not installed (no gpu extra, the usual case): left out without a warning. With
+    the extra installed, a missing GPU or driver is worth the usual warning."""
+    if importlib.util.find_spec("cupy") is None:
+        return None
+    from .cuda import CudaBackend
+
+    return CudaBackend()
+
+
 def _ort() -> Backend:
     from .ort import OrtBackend
 
@@ -43,7 +54,9 @@ def _ort() -> Backend:
 
 
 # Preference order for backend="auto": fastest first (benchmarks/README.md has the measurements).
-FACTORIES: dict[str, Callable[[], Backend]] = {"cpp": _cpp, "numba": _numba, "ort": _ort, "numpy": NumpyBackend}
+# A factory returns None for a backend whose optional packages are not installed.
+FACTORIES: dict[str, Callable[[], Backend | None]] = {"cuda": _cuda, "cpp": _cpp, "numba": _numba, "ort": _ort,
+                                                      "numpy": NumpyBackend}
 
 
 def _try(name: str) -> Backend | None:

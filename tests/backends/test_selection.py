@@ -36,10 +36,10 @@ def test_auto_takes_the_first_backend_that_works(with_broken):
     assert chosen.name == working[0] != "broken"
 
 
-def test_auto_prefers_compiled_backends():
+def test_auto_prefers_the_gpu_then_compiled_backends():
     expected = onnxdtd.available_backends()[0]
     assert backends.get_backend("auto").name == expected
-    assert list(backends.FACTORIES) == ["cpp", "numba", "ort", "numpy"]
+    assert list(backends.FACTORIES) == ["cuda", "cpp", "numba", "ort", "numpy"]
 
 
 def test_asking_for_a_failing_backend_is_a_config_error(with_broken):

@@ -1,4 +1,5 @@
-"""Rule denominators computed by onnxruntime in the forward pass.
+"""Rule denominators computed once: by onnxruntime in the forward pass, or per sample before a walk of
+several passes.
 
 A group's denominator is a modified forward pass, D = Σ_t sign_t · (conv(in_t, mod_t(W)) + mod_t(b)):
 as much arithmetic as the layer's own forward. For conv layers whose group inputs are the activation
@@ -8,6 +9,13 @@ only divide and run the transposed pass. Everything else keeps its denominator f
 other layer kinds (dense layers at small batches are memory-bound, and the kernels stream their
 weights once for both passes), the z^B bounds and the all-ones input of w²/flat, a computation dtype
 other than the tensor's own, and tensors that canonicalization derived.
+
+A walk of several passes per sample (several targets, or a method's passes) repeats every activation
+for each pass; the denominators do not depend on the pass, so the dense layers' are computed once per
+sample before the repetition (`shared`, a BLAS product in the numpy reference), instead of once per
+pass by the kernels. Conv layers' come from onnxruntime where they read the activation; the rest
+(z^B, w², flat: first layers with few input channels) stay in the kernels, which compute them faster
+than the numpy reference's im2col would.
 """
 from __future__ import annotations
 
@@ -18,7 +26,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .backends.numpy_backend import OPS, broadcast_terms, modified_forward
 from .backends.onnx_graph import Conv, Graph, Sym, bind_group, denominator
+from .backends.terms import bind
 from .graph.layer import LayerList
 from .rules.base import Rule
 
@@ -55,6 +65,31 @@ def plan(model: LayerList, rules: Sequence[Rule | None], dtype: np.dtype) -> Den
         result.nodes += g.nodes
         result.initializers += g.initializers
     return result
+
+
+def shared(model: LayerList, rules: Sequence[Rule | None], acts: dict[str, np.ndarray], bounds: dict[int, tuple],
+           planned: dict[int, dict[int, str]],
+           dtype: np.dtype) -> tuple[dict[int, dict[int, str]], dict[str, np.ndarray]]:
+    """The denominators of every divided group of a dense layer that is not the layer's own output nor
+    computed by onnxruntime (`planned`), for the batch of `acts`: their names by layer and group index,
+    and the arrays by name."""
+    names: dict[int, dict[int, str]] = {}
+    arrays: dict[str, np.ndarray] = {}
+    for layer, rule in zip(model, rules):
+        a = acts.get(layer.inputs[0]) if rule is not None and layer.kind == "dense" else None
+        if a is None:
+            continue
+        a = np.asarray(a, dtype)
+        op = OPS[layer.kind](layer, a.shape)
+        low, high = (None if b is None else np.asarray(b, dtype) for b in bounds.get(layer.index, (None, None)))
+        for bound in bind(layer, rule, a, None, low, high):
+            index = next(i for i, group in enumerate(rule.groups) if group is bound.group)
+            if bound.group.is_plain or not bound.group.divide or index in planned.get(layer.index, {}):
+                continue
+            name = f"{PREFIX}/shared/{layer.index}/{index}"
+            arrays[name] = modified_forward(op, broadcast_terms(bound.terms, a.shape))
+            names.setdefault(layer.index, {})[index] = name
+    return names, arrays
 
 
 def _elem_types(proto: onnx.ModelProto) -> dict[str, int]:

@@ -33,7 +33,9 @@ class Explanation:
     # sample; a dict by input name for several inputs
     output: np.ndarray  # the explained output (N, K): logits when a final softmax was stripped
     target: np.ndarray  # (N,) or (N, T) int64, the explained classes; -1 where init was given as an array
-    intermediate: dict[str, np.ndarray] = field(default_factory=dict)  # with keep=True: every tensor's relevance
+    # With keep=True: every tensor's relevance, (N, T, ...) for several targets; for a method of several
+    # passes per target (clrp: the target's, then the dual's) the passes' own, (N, P, ...).
+    intermediate: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Explainer:
@@ -154,11 +156,17 @@ class Explainer:
             return self._propagate_graph(feeds, starts, keep)
         n, p = starts.shape[:2]
         chunk = self._chunk(acts, n, p) if shape[0] == n else 1  # an output (N*K, 1) cannot take rows per pass
+        shared: dict[int, dict[int, str]] = {}
+        if p > 1:  # the denominators that depend on the sample only: once, then repeated with the activations
+            shared, values = denominators.shared(self.model, self.rules, acts,
+                                                 self._layer_bounds(feeds, self._shapes(acts, n)),
+                                                 self.denominators, self.dtype)
+            acts.update(values)
         found: dict[str, list] = {}
         kept: dict[str, list] = {}
         for first in range(0, p, chunk):
             t = min(chunk, p - first)
-            walk = self._walk(feeds, {name: self._tile(name, v, n, t) for name, v in acts.items()}, n * t)
+            walk = self._walk(feeds, {name: self._tile(name, v, n, t) for name, v in acts.items()}, n * t, shared)
             if first + t == p:
                 acts.clear()  # the walk releases each activation when done with it
             start = starts[:, first:first + t].reshape(shape if t == 1 else (n * t, *shape[1:]))
@@ -294,20 +302,33 @@ class Explainer:
         pick = lambda v, default: v.get(name, default) if isinstance(v, Mapping) else v  # noqa: E731
         return pick(self.low, 0.0), pick(self.high, 1.0)
 
-    def _walk(self, feeds: dict[str, np.ndarray], acts: dict[str, np.ndarray], n: int) -> Walk:
+    def _layer_bounds(self, feeds: dict[str, np.ndarray], shapes: dict[str, tuple]) -> dict[int, tuple]:
+        """The z^B bounds (low, high) of every bounds-reading layer, as numpy arrays (one sample)."""
         given: dict[str, Bounds] = {name: check_bounds(*self._bounds_of(name), x.shape[1:])
                                     for name, x in feeds.items()}
-        shapes = {**run_shapes(self.static, self.batch, n, self.static),
-                  **{name: value.shape for name, value in acts.items()}}
         bounds = {}
         for layer, rule in zip(self.model, self.rules):
             if rule is not None and rule.uses_bounds:
                 own = rule.low is not None and rule.high is not None
-                lo, hi = (rule.low, rule.high) if own else layer_bounds(self.model, layer, given, shapes)
-                bounds[layer.index] = (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
-        device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items() if name in self.reads}
-        return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes,
-                    self.denominators, mode=self.mode)
+                bounds[layer.index] = (rule.low, rule.high) if own else layer_bounds(self.model, layer, given, shapes)
+        return bounds
+
+    def _shapes(self, acts: dict[str, np.ndarray], n: int) -> dict[str, tuple]:
+        """The run-time shape of every tensor for a batch of `n` rows."""
+        return {**run_shapes(self.static, self.batch, n, self.static), **{name: v.shape for name, v in acts.items()}}
+
+    def _walk(self, feeds: dict[str, np.ndarray], acts: dict[str, np.ndarray], n: int,
+              shared: dict[int, dict[int, str]] | None = None) -> Walk:
+        """The walk over `acts` (`n` rows); `shared`: denominators computed once per sample, in `acts`."""
+        shapes = self._shapes(acts, n)
+        bounds = {index: (self.backend.asarray(lo, self.dtype), self.backend.asarray(hi, self.dtype))
+                  for index, (lo, hi) in self._layer_bounds(feeds, shapes).items()}
+        planned = {index: {**self.denominators.get(index, {}), **(shared or {}).get(index, {})}
+                   for index in {*self.denominators, *(shared or {})}}
+        read = self.reads | {name for names in planned.values() for name in names.values()}
+        device = {name: self.backend.asarray(value, self.dtype) for name, value in acts.items() if name in read}
+        return Walk(self.model, self.rules, self.backend, device, self.maxpool, bounds, shapes, planned,
+                    mode=self.mode)
 
     def _check_inputs(self, x) -> dict[str, np.ndarray]:
         """The inputs as validated arrays by name."""

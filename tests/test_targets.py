@@ -112,3 +112,21 @@ def test_bad_targets_and_inits(kwargs, message):
     ex = onnxdtd.Explainer(MNIST, backend="numpy")
     with pytest.raises((onnxdtd.TargetError, onnxdtd.ConfigError), match=message):
         ex.explain(digits(), **kwargs)
+
+
+def test_dense_denominators_are_computed_once_per_sample(monkeypatch):
+    """Several passes per sample take the dense layers' denominators (z⁺) from before the activations
+    are repeated, not from the walk's kernels."""
+    from onnxdtd.backends import numpy_backend
+
+    calls = []
+    real = numpy_backend.modified_forward
+    monkeypatch.setattr(numpy_backend, "modified_forward", lambda op, terms: calls.append(op) or real(op, terms))
+    dense = lambda: [op for op in calls if isinstance(op, numpy_backend.OPS["dense"])]  # noqa: E731
+    ex = onnxdtd.Explainer(MNIST, backend="numpy")
+    ex.explain(digits(), target=3)
+    assert len(dense()) == 2  # one pass: the kernels compute the two dense layers' denominators themselves
+    calls.clear()
+    every = ex.explain(digits(), target="all").relevance
+    assert not dense()
+    np.testing.assert_allclose(every[:, 3], ex.explain(digits(), target=3).relevance, rtol=1e-5, atol=1e-7)

@@ -15,7 +15,7 @@ from ..rules.base import Rule, stabilize
 from ..rules.gradient import derivative
 from .base import Backend
 from .geometry import Window, window
-from .terms import bind
+from .terms import BoundTerm, bind
 
 
 def _pad(x: np.ndarray, win: Window, value: float = 0.0) -> np.ndarray:
@@ -173,6 +173,16 @@ def _reduce_max(layer: Layer, a: np.ndarray, relevance: np.ndarray, mode: str) -
     return winner * r
 
 
+def broadcast_terms(terms: list[BoundTerm], shape: tuple[int, ...]) -> list[BoundTerm]:
+    """The terms with every input broadcast to the layer input's `shape` (bounds and ones are one sample)."""
+    return [t if t.x.shape == shape else replace(t, x=np.broadcast_to(t.x, shape)) for t in terms]
+
+
+def modified_forward(op, terms: list[BoundTerm]) -> np.ndarray:
+    """A group's denominator D = Σ_t sign_t · f(x_t; w_t, b_t), the modified forward pass."""
+    return sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
+
+
 def _unbroadcast(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Sum `x` down to `shape` over the axes that broadcasting expanded (`x` itself if none did)."""
     if x.shape == tuple(shape):
@@ -198,13 +208,12 @@ class NumpyBackend(Backend):
         result = np.zeros_like(a)
         for bound in bind(layer, rule, a, z, low, high, denoms):
             group = bound.group
-            terms = [t if t.x.shape == a.shape else replace(t, x=np.broadcast_to(t.x, a.shape)) for t in bound.terms]
+            terms = broadcast_terms(bound.terms, a.shape)
             s = relevance
             if group.divide:
                 # A denominator from the forward pass (the plain group's is the layer's own output) is reused:
                 # consistent with the activations that the relevance arriving here is proportional to.
-                denom = bound.denom if bound.denom is not None else \
-                    sum(t.sign * op.forward(t.x, t.w, t.b) for t in terms)
+                denom = bound.denom if bound.denom is not None else modified_forward(op, terms)
                 s = relevance / stabilize(denom, rule.stabilizer)
             if group.mask is not None:
                 s = s * ((z > 0) if group.mask == "pos" else (z < 0))

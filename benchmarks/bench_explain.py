@@ -247,11 +247,15 @@ def main() -> None:
                           args.rounds)
             print(format_table(found), flush=True)
             rows += found
-    env = environment()
+    report(rows, environment(), args.json)
+
+
+def report(rows: list[dict], env: dict, path: Path | None) -> None:
+    """Print the whole table and the environment; write both as JSON to `path` when given."""
     print("\n" + format_table(rows))
     print(", ".join(f"{k} {v}" for k, v in env.items()))
-    if args.json:
-        args.json.write_text(json.dumps(dict(environment=env, results=rows), indent=2) + "\n")
+    if path:
+        path.write_text(json.dumps(dict(environment=env, results=rows), indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -33,9 +33,11 @@ import onnxruntime as ort
 import onnxdtd
 
 try:
-    from bench_explain import SHIPPED, environment, format_table, median_ms, model_path, paired_ms, random_input
+    from bench_explain import (SHIPPED, environment, format_table, median_ms, model_path, paired_ms, random_input,
+                               report)
 except ImportError:  # imported as benchmarks.bench_gpu
-    from .bench_explain import SHIPPED, environment, format_table, median_ms, model_path, paired_ms, random_input
+    from .bench_explain import (SHIPPED, environment, format_table, median_ms, model_path, paired_ms, random_input,
+                                report)
 
 CUDA = ["CUDAExecutionProvider"]
 PRESET = "dtd"
@@ -177,11 +179,7 @@ def main() -> None:
             found = bench(name, batch, args.backends, args.warmup, args.repeats)
             print(format_table(found), flush=True)
             rows += found
-    env = gpu_environment()
-    print("\n" + format_table(rows))
-    print(", ".join(f"{k} {v}" for k, v in env.items()))
-    if args.json:
-        args.json.write_text(json.dumps(dict(environment=env, results=rows), indent=2) + "\n")
+    report(rows, gpu_environment(), args.json)
 
 
 if __name__ == "__main__":

@@ -131,11 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--method", type=_methods, default=["lrp"], metavar="M",
                      help=f"method(s), comma-separated: {', '.join([*METHODS, *WRAPPERS])} (default: lrp, the "
                           "rule chain of --rules)")
-    _bound_options(exp, "(default: 0, or (0 - mean) / std with --mean/--std)",
-                   "(default: 1, or (1 - mean) / std with --mean/--std)")
-    exp.add_argument("--mean", type=_floats, metavar="M", help="image normalization mean, scalar or per channel")
-    exp.add_argument("--std", type=_floats, metavar="S", help="image normalization std, scalar or per channel")
-    exp.add_argument("--backend", default="auto", metavar="B", help="compute backend (default: auto, the fastest)")
+    _input_options(exp)
     exp.add_argument("--scale", type=_positive_int, metavar="N",
                      help=f"upscale heatmaps N times (default: to about {HEATMAP_SIDE} px)")
     exp.add_argument("--cmap", default="bwr", choices=list(CMAPS),
@@ -169,6 +165,15 @@ def _bound_options(parser: argparse.ArgumentParser, low_default: str, high_defau
     parser.add_argument("--maxpool", default="winner", choices=("winner", "proportional"),
                         help="max pooling: route relevance to the winner, or split it proportionally "
                              "(default: winner)")
+
+
+def _input_options(parser: argparse.ArgumentParser) -> None:
+    """--low/--high/--maxpool, --mean/--std and --backend, shared by explain and evaluate."""
+    _bound_options(parser, "(default: 0, or (0 - mean) / std with --mean/--std)",
+                   "(default: 1, or (1 - mean) / std with --mean/--std)")
+    parser.add_argument("--mean", type=_floats, metavar="M", help="image normalization mean, scalar or per channel")
+    parser.add_argument("--std", type=_floats, metavar="S", help="image normalization std, scalar or per channel")
+    parser.add_argument("--backend", default="auto", metavar="B", help="compute backend (default: auto, the fastest)")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .cli import (UsageError, _bound_options, _channel_axis, _floats, _inputs_and_model, _load_options,
-                  _model_options, _positive_int, _read, _scaling, _target)
+from .cli import (UsageError, _channel_axis, _input_options, _inputs_and_model, _load_options, _model_options,
+                  _positive_int, _read, _scaling, _target)
 from .explainer import Explainer, Explanation
 from .methods import METHODS, WRAPPERS
 from .rules import PRESETS
@@ -74,11 +74,7 @@ def add_parser(sub: argparse._SubParsersAction, presets: str) -> None:
     ev.add_argument("--method", default="lrp", choices=[*METHODS, *WRAPPERS], metavar="M",
                     help=f"explanation method: {', '.join([*METHODS, *WRAPPERS])} (default: lrp, the rule chain of "
                          "--rules)")
-    _bound_options(ev, "(default: 0, or (0 - mean) / std with --mean/--std)",
-                   "(default: 1, or (1 - mean) / std with --mean/--std)")
-    ev.add_argument("--mean", type=_floats, metavar="M", help="image normalization mean, scalar or per channel")
-    ev.add_argument("--std", type=_floats, metavar="S", help="image normalization std, scalar or per channel")
-    ev.add_argument("--backend", default="auto", metavar="B", help="compute backend (default: auto, the fastest)")
+    _input_options(ev)
     ev.add_argument("--patch", type=_positive_int, metavar="P",
                     help="region-perturbation patch side (default: 4 up to 32 px images, else 9)")
     ev.add_argument("--steps", type=_positive_int, metavar="L",

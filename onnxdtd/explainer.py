@@ -207,11 +207,11 @@ class Explainer:
         t = 1 if isinstance(self.batch, int) and self.batch > 0 else p
         single = len(feeds) == 1
         prefix = f"{export.RELEVANCE}/"
+        tiled = {name: np.repeat(x, t, axis=0) for name, x in feeds.items()}
+        inputs = {export.INPUT: next(iter(tiled.values()))} if single else tiled
         found: dict[str, list] = {}
         kept: dict[str, list] = {}
         for first in range(0, p, t):
-            tiled = {name: np.repeat(x, t, axis=0) for name, x in feeds.items()}
-            inputs = {export.INPUT: next(iter(tiled.values()))} if single else tiled
             values = self._run_graph(session, {**inputs, export.INIT: starts[:, first:first + t].reshape(n * t, -1)},
                                      feeds)
             for name in feeds:

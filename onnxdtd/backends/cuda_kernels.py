@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 from numba.cuda.core.config import ENABLE_CUDASIM
 
-from .numba_kernels import FLOATS, _as4, _fmt, _ints, _terms, _Win, _window
+from .numba_kernels import FLOATS, _as4, _fmt, _ints, _quotient_args, _term_inputs, _terms, _Win, _window
 
 __all__ = ["conv_group", "dense_group", "maxpool_winner", "maxpool_proportional", "sumpool", "unpool",
            "add_split"]
@@ -168,6 +168,13 @@ def _stab(d, eps):
 
 
 @cuda.jit(device=True, inline="always")
+def _tap(o, k, s, d, p, size):
+    """The input coordinate that window offset k of output o reads, or -1 in the padding."""
+    i = o * s + k * d - p
+    return i if 0 <= i < size else -1
+
+
+@cuda.jit(device=True, inline="always")
 def _source(i, k, d, p, s, count):
     """The output whose window offset k reads input coordinate i, or -1."""
     t = i + p - k * d
@@ -191,12 +198,12 @@ def _conv_forward(x, bcast, w, kh, kw, sh, sw, dh, dw, pt, pl, sign, first, d):
         acc = d.dtype.type(0)
         for cl in range(cg):
             for ky in range(kh):
-                iy = oy * sh + ky * dh - pt
-                if iy < 0 or iy >= h:
+                iy = _tap(oy, ky, sh, dh, pt, h)
+                if iy < 0:
                     continue
                 for kx in range(kw):
-                    ix = ox * sw + kx * dw - pl
-                    if 0 <= ix < wd:
+                    ix = _tap(ox, kx, sw, dw, pl, wd)
+                    if ix >= 0:
                         acc += x[nx, c0 + cl, iy, ix] * w[co, cl, ky, kx]
         if first:
             d[n, co, oy, ox] = sign * acc
@@ -266,12 +273,12 @@ def _sumpool(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
         oy, plane = rest % oh, rest // oh
         acc = out.dtype.type(0)
         for ky in range(kh):
-            iy = oy * sh + ky * dh - pt
-            if iy < 0 or iy >= h:
+            iy = _tap(oy, ky, sh, dh, pt, h)
+            if iy < 0:
                 continue
             for kx in range(kw):
-                ix = ox * sw + kx * dw - pl
-                if 0 <= ix < w:
+                ix = _tap(ox, kx, sw, dw, pl, w)
+                if ix >= 0:
                     acc += x[plane // x.shape[1], plane % x.shape[1], iy, ix]
         out[plane // x.shape[1], plane % x.shape[1], oy, ox] = acc
 
@@ -308,12 +315,12 @@ def _argmax(a, kh, kw, sh, sw, dh, dw, pt, pl, idx):
         n, c = plane // c_, plane % c_
         arg, best = -1, a[n, c, 0, 0]
         for ky in range(kh):
-            iy = oy * sh + ky * dh - pt
-            if iy < 0 or iy >= h:
+            iy = _tap(oy, ky, sh, dh, pt, h)
+            if iy < 0:
                 continue
             for kx in range(kw):
-                ix = ox * sw + kx * dw - pl
-                if 0 <= ix < w:
+                ix = _tap(ox, kx, sw, dw, pl, w)
+                if ix >= 0:
                     v = a[n, c, iy, ix]
                     if arg < 0 or v > best or (v != v and best == best):
                         arg, best = iy * w + ix, v
@@ -344,30 +351,6 @@ def _winner(idx, rel, kh, kw, sh, sw, dh, dw, pt, pl, out):
 # ----------------------------------------------------------------------------------------------------
 # Rule passes.
 
-def _quotient_args(fn: str, relevance, denom, z, mask, dtype):
-    """Checks denom, z and mask against the relevance; returns (denom or None, z or None, mask)."""
-    if mask not in (0, 1, -1):
-        raise ValueError(f"{fn}: mask must be 0, 1 or -1, got {mask!r}")
-    shape = _describe(relevance).shape
-    if denom is not None:
-        _check(fn, "denom", denom, dtype, shape)
-    if mask:
-        _check(fn, "z", z, dtype, shape)
-    return denom, (z if mask else None), int(mask)
-
-
-def _term_inputs(fn: str, xs, ws, bs, count: int, dtype, n: int, x_shape: tuple, w_shape: tuple, b_shape: tuple):
-    """Checks every term's input (of x_shape, or with a leading 1), weight and bias."""
-    for t in range(count):
-        _check(fn, f"ws[{t}]", ws[t], dtype, w_shape)
-        got = _check(fn, f"xs[{t}]", xs[t], dtype, (None, *x_shape[1:])).shape
-        if got[0] not in (1, n):
-            raise ValueError(f"{fn}: xs[{t}] must have shape {_fmt((n, *x_shape[1:]))} or "
-                             f"{_fmt((1, *x_shape[1:]))}, got {got}")
-        if bs[t] is not None:
-            _check(fn, f"bs[{t}]", bs[t], dtype, b_shape)
-
-
 def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, strides, dilations, pads,
                group, out) -> None:
     """One group of a rule through a convolution; accumulates into `out` (docs/kernels.md)."""
@@ -381,9 +364,9 @@ def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, 
     if c % group or cout % group:
         raise ValueError(f"{fn}: group {group} must divide the input channels {c} and output channels {cout}")
     win = _window(fn, size, kernel, strides, dilations, pads)
-    _term_inputs(fn, xs, ws, bs, count, dtype, n, (n, c, *size), (cout, c // group, *kernel), (cout,))
+    _term_inputs(fn, xs, ws, bs, count, dtype, n, (n, c, *size), (cout, c // group, *kernel), (cout,), _check)
     _check(fn, "relevance", relevance, dtype, (n, cout, *((win.ow,) if sd == 1 else (win.oh, win.ow))))
-    denom, z, mask = _quotient_args(fn, relevance, denom, z, mask, dtype)
+    denom, z, mask = _quotient_args(fn, _describe(relevance).shape, denom, z, mask, dtype, _check)
     _group(win, dtype, [(_as4v(x), _as4v(w), b, float(sg)) for x, w, b, sg in zip(xs, ws, bs, signs)],
            relevance, denom, z, mask, float(coeff), stabilizer, _as4v(out))
 
@@ -396,9 +379,9 @@ def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer,
     count = _terms(fn, xs, ws, bs, signs)
     m, k = _check(fn, "out", out, dtype, (None, None), writable=True).shape
     j = _check(fn, "ws[0]", ws[0], dtype, (None, k)).shape[0]
-    _term_inputs(fn, xs, ws, bs, count, dtype, m, (m, k), (j, k), (j,))
+    _term_inputs(fn, xs, ws, bs, count, dtype, m, (m, k), (j, k), (j,), _check)
     _check(fn, "relevance", relevance, dtype, (m, j))
-    denom, z, mask = _quotient_args(fn, relevance, denom, z, mask, dtype)
+    denom, z, mask = _quotient_args(fn, _describe(relevance).shape, denom, z, mask, dtype, _check)
     win = _window(fn, (1, 1), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
     terms = [(_view(x, (_describe(x).shape[0], k, 1, 1)), _view(w, (j, k, 1, 1)), b, float(sg))
              for x, w, b, sg in zip(xs, ws, bs, signs)]

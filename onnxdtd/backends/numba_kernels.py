@@ -584,15 +584,29 @@ def _terms(fn: str, xs, ws, bs, signs) -> int:
     return count
 
 
-def _quotient_args(fn: str, relevance, denom, z, mask, dtype):
-    """Checks denom, z and mask against the relevance; returns (denom or None, z or None, mask)."""
+def _quotient_args(fn: str, shape: tuple, denom, z, mask, dtype, check=_check):
+    """Checks denom, z and mask against the relevance's `shape`; returns (denom or None, z or None, mask).
+    `check` checks one array (the cuda kernels pass theirs, which read the array interface)."""
     if mask not in (0, 1, -1):
         raise ValueError(f"{fn}: mask must be 0, 1 or -1, got {mask!r}")
     if denom is not None:
-        _check(fn, "denom", denom, dtype, relevance.shape)
+        check(fn, "denom", denom, dtype, shape)
     if mask:
-        _check(fn, "z", z, dtype, relevance.shape)
+        check(fn, "z", z, dtype, shape)
     return denom, (z if mask else None), int(mask)
+
+
+def _term_inputs(fn: str, xs, ws, bs, count: int, dtype, n: int, x_shape: tuple, w_shape: tuple, b_shape: tuple,
+                 check=_check) -> None:
+    """Checks every term's input (of x_shape, or with a leading 1), weight and bias."""
+    for t in range(count):
+        check(fn, f"ws[{t}]", ws[t], dtype, w_shape)
+        got = check(fn, f"xs[{t}]", xs[t], dtype, (None, *x_shape[1:])).shape
+        if got[0] not in (1, n):
+            raise ValueError(f"{fn}: xs[{t}] must have shape {_fmt((n, *x_shape[1:]))} or "
+                             f"{_fmt((1, *x_shape[1:]))}, got {got}")
+        if bs[t] is not None:
+            check(fn, f"bs[{t}]", bs[t], dtype, b_shape)
 
 
 def _bias_sum(terms, dtype) -> np.ndarray | None:
@@ -620,17 +634,10 @@ def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, 
     if c % group or cout % group:
         raise ValueError(f"{fn}: group {group} must divide the input channels {c} and output channels {cout}")
     win = _window(fn, size, kernel, strides, dilations, pads)
-    for t in range(count):
-        _check(fn, f"ws[{t}]", ws[t], dtype, (cout, c // group, *kernel))
-        x = _check(fn, f"xs[{t}]", xs[t], dtype, (None, c, *size))
-        if x.shape[0] not in (1, n):
-            raise ValueError(f"{fn}: xs[{t}] must have shape {_fmt((n, c, *size))} or {_fmt((1, c, *size))}, "
-                             f"got {x.shape}")
-        if bs[t] is not None:
-            _check(fn, f"bs[{t}]", bs[t], dtype, (cout,))
+    _term_inputs(fn, xs, ws, bs, count, dtype, n, (n, c, *size), (cout, c // group, *kernel), (cout,))
     out_size = (win.ow,) if sd == 1 else (win.oh, win.ow)
     _check(fn, "relevance", relevance, dtype, (n, cout, *out_size))
-    denom, z, mask = _quotient_args(fn, relevance, denom, z, mask, dtype)
+    denom, z, mask = _quotient_args(fn, relevance.shape, denom, z, mask, dtype)
     terms = [(_as4(x), _as4(w), b, float(sign)) for x, w, b, sign in zip(xs, ws, bs, signs)]
     _ConvPass(win, group, n, c, cout, dtype, terms).run(
         relevance, denom, z, mask, float(coeff), dtype.type(stabilizer), _as4(out))
@@ -762,15 +769,9 @@ def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer,
     m, k = out.shape
     _check(fn, "ws[0]", ws[0], dtype, (None, k))
     j = ws[0].shape[0]
-    for t in range(count):
-        _check(fn, f"ws[{t}]", ws[t], dtype, (j, k))
-        x = _check(fn, f"xs[{t}]", xs[t], dtype, (None, k))
-        if x.shape[0] not in (1, m):
-            raise ValueError(f"{fn}: xs[{t}] must have shape {_fmt((m, k))} or {_fmt((1, k))}, got {x.shape}")
-        if bs[t] is not None:
-            _check(fn, f"bs[{t}]", bs[t], dtype, (j,))
+    _term_inputs(fn, xs, ws, bs, count, dtype, m, (m, k), (j, k), (j,))
     _check(fn, "relevance", relevance, dtype, (m, j))
-    denom, z, mask = _quotient_args(fn, relevance, denom, z, mask, dtype)
+    denom, z, mask = _quotient_args(fn, relevance.shape, denom, z, mask, dtype)
     terms = list(zip(xs, ws, bs, (float(s) for s in signs)))
     bias = None
     if denom is None:

@@ -19,8 +19,9 @@ than the numpy reference's im2col would.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -69,17 +70,18 @@ def plan(model: LayerList, rules: Sequence[Rule | None], dtype: np.dtype) -> Den
 
 def shared(model: LayerList, rules: Sequence[Rule | None], acts: dict[str, np.ndarray], bounds: dict[int, tuple],
            planned: dict[int, dict[int, str]],
-           dtype: np.dtype) -> tuple[dict[int, dict[int, str]], dict[str, np.ndarray]]:
+           dtype: np.dtype, host: Callable[[Any], np.ndarray] = np.asarray,
+           ) -> tuple[dict[int, dict[int, str]], dict[str, np.ndarray]]:
     """The denominators of every divided group of a dense layer that is not the layer's own output nor
-    computed by onnxruntime (`planned`), for the batch of `acts`: their names by layer and group index,
-    and the arrays by name."""
+    computed by onnxruntime (`planned`), for the batch of `acts` (moved to the host by `host`): their
+    names by layer and group index, and the arrays by name."""
     names: dict[int, dict[int, str]] = {}
     arrays: dict[str, np.ndarray] = {}
     for layer, rule in zip(model, rules):
         a = acts.get(layer.inputs[0]) if rule is not None and layer.kind == "dense" else None
         if a is None:
             continue
-        a = np.asarray(a, dtype)
+        a = np.asarray(host(a), dtype)
         op = OPS[layer.kind](layer, a.shape)
         low, high = (None if b is None else np.asarray(b, dtype) for b in bounds.get(layer.index, (None, None)))
         for bound in bind(layer, rule, a, None, low, high):

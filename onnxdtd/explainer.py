@@ -78,7 +78,7 @@ class Explainer:
         self.batch = next(iter(self.model.inputs.values()), None)
         self.batch = self.batch[0] if self.batch else None
         self.input_dtypes = _input_dtypes(self.model)
-        self.providers = providers
+        self.providers = providers if providers is not None else self.backend.providers
         self.graphs: dict[tuple, ort.InferenceSession] = {}  # whole-graph backends: a session per mode
         self.forward: Forward | None = None  # whole-graph backends build a plain one when they need logits first
         if self.backend.whole_graph:
@@ -92,8 +92,8 @@ class Explainer:
         self.denominators = extra.names
         self.reads = set(reads(self.model, self.rules, self.denominators, mode=self.mode))
         exposed = self.reads | {self.model.output_name} | (set(self.static) - set(fixed))
-        self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), providers, self.model.derived,
-                               extra)
+        self.forward = Forward(self.model.proto, self.model.inputs, sorted(exposed), self.providers,
+                               self.model.derived, extra, self.backend.forward_binding())
 
     def explain(self, x, target=None, init: str | np.ndarray = "logit", keep: bool = False) -> Explanation:
         """Relevance of every input element for `target`: None (the argmax of each sample), a class, one
@@ -141,7 +141,7 @@ class Explainer:
             self.forward = Forward(self.model.proto, self.model.inputs, [self.model.output_name], self.providers,
                                    self.model.derived)
         acts = self.forward.run(feeds)
-        output = acts[self.model.output_name]
+        output = self.backend.to_numpy(acts[self.model.output_name])
         if output.size % n:
             raise InputError(f"the explained output {self.model.output_name!r} has shape {output.shape} for a batch "
                              f"of {n}: onnxdtd explains outputs with the same number of values per sample")
@@ -160,7 +160,7 @@ class Explainer:
         if p > 1:  # the denominators that depend on the sample only: once, then repeated with the activations
             shared, values = denominators.shared(self.model, self.rules, acts,
                                                  self._layer_bounds(feeds, self._shapes(acts, n)),
-                                                 self.denominators, self.dtype)
+                                                 self.denominators, self.dtype, self.backend.to_numpy)
             acts.update(values)
         found: dict[str, list] = {}
         kept: dict[str, list] = {}

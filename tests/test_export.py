@@ -146,3 +146,12 @@ def test_unknown_spatial_sizes_are_clear_errors(rules, match):
                   {"w": w, "axes": np.array([2, 3], np.int64)}, (1, "H", "W"))
     with pytest.raises(onnxdtd.ConfigError, match=match):
         onnxdtd.export(proto, rules=rules)
+
+
+def test_nonnegative_denominators_take_epsilon_in_the_bias():
+    """z⁺ denominators of Conv and Gemm layers are D + ε with ε folded into the modified forward's bias:
+    no separate Add of a scalar (one pass fewer over each layer's output), the same relevance."""
+    proto = onnxdtd.export(SHIPPED, rules="zplus")
+    scalars = {i.name for i in proto.graph.initializer if not i.dims}
+    assert not [n.name for n in proto.graph.node if n.op_type == "Add" and scalars & set(n.input)]
+    _close(_run(proto, X, [0, 1, 2])["relevance"], _reference(X, [0, 1, 2], rules="zplus").relevance)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,6 +19,13 @@ class Backend(ABC):
     name: str = ""
     whole_graph: bool = False  # Explainers run the whole explanation as one graph (see backends/ort.py)
     float64: bool = True  # computes every kernel in float64 when asked
+    providers: Sequence[str] | None = None  # onnxruntime providers of the forward pass when none are given
+
+    def forward_binding(self) -> tuple[str, Callable[[Any], Array]] | None:
+        """Where the forward pass leaves its outputs: None for host arrays (plain session runs); else
+        onnxruntime's device type for I/O binding and the conversion of its OrtValues to this
+        backend's arrays (so that activations never cross the bus)."""
+        return None
 
     @abstractmethod
     def asarray(self, x: np.ndarray, dtype: np.dtype) -> Array:

@@ -33,8 +33,6 @@ class CompiledBackend(NumpyBackend):
     `xp` and the hooks `_c`, `_terms` and `_reference` let a device backend (cuda) drive its kernels
     the same way."""
 
-    xp: ModuleType = np  # the array module of the arrays the kernels take
-
     def __init__(self, name: str, kernels: ModuleType):
         self.name, self.kernels = name, kernels
 

@@ -9,11 +9,15 @@ the numpy reference runs on host copies where CuPy cannot run its code.
 
 The rest reuses the numpy reference's code on device arrays where CuPy dispatches every numpy call
 it makes (numpy functions through __array_function__, ufuncs through __array_ufunc__): the residual
-split with broadcasting, unbroadcast, and the reshape/transpose/concat/split/broadcast/pad routes.
-Where it does not, the layer runs in the numpy reference on host copies (one round trip for that
-layer): linear kinds without a kernel (pooling as a linear map, ConvTranspose, N-D conv; their numpy
-code allocates host scratch), ReduceMax, the index route (np.bincount with a host index) and
-activation derivatives (numpy constants of arbitrary rank: CuPy refuses host arrays in ufuncs).
+split with broadcasting, unbroadcast, the reshape/transpose/concat/split/broadcast/pad routes, and
+the activation derivatives of gradient mode (their constants made by the array module `xp`: CuPy
+refuses host arrays in ufuncs). Where it does not, the layer runs in the numpy reference on host
+copies (one round trip for that layer): linear kinds without a kernel (pooling as a linear map,
+ConvTranspose, N-D conv; their numpy code allocates host scratch), ReduceMax and the index route
+(np.bincount with a host index).
+
+The forward pass feeds the walk through I/O binding (forward_binding): onnxruntime's CUDA provider
+leaves every activation in GPU memory, which CuPy reads in place.
 
 The backend starts only with CuPy, numba-cuda and a CUDA GPU present; the array module can be numpy
 instead for the simulator (NUMBA_ENABLE_CUDASIM=1), which is how the tests without a GPU run it."""
@@ -25,12 +29,14 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from onnx import helper
 
 from ..graph.layer import Layer
 from .compiled import CompiledBackend
 from .numpy_backend import NumpyBackend
 from .terms import BoundTerm
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
 HOST_ROUTES = frozenset({"index"})  # routes whose numpy code CuPy cannot run (see the module docstring)
 
 
@@ -63,6 +69,23 @@ def _kernels() -> ModuleType:
     return cuda_kernels
 
 
+def _device_view(cupy: ModuleType, value: Any) -> Any:
+    """A CuPy array over an OrtValue's GPU memory, without a copy; the array keeps the OrtValue (the
+    owner of the memory) alive."""
+    dtype, shape = np.dtype(helper.tensor_dtype_to_np_dtype(value.element_type())), tuple(value.shape())
+    if value.tensor_size_in_bytes() == 0:  # no memory to point at (its pointer may be null)
+        return cupy.empty(shape, dtype)
+    memory = cupy.cuda.UnownedMemory(value.data_ptr(), value.tensor_size_in_bytes(), value)
+    return cupy.ndarray(shape, dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+
+def _providers() -> list[str] | None:
+    """onnxruntime's CUDA provider first, where the installed onnxruntime has it (onnxruntime-gpu)."""
+    import onnxruntime as ort
+
+    return [CUDA_PROVIDER, "CPUExecutionProvider"] if CUDA_PROVIDER in ort.get_available_providers() else None
+
+
 def _map(fn, value):
     """`fn` on every array of `value`: an array, None, or a list or dict of them."""
     if value is None:
@@ -82,7 +105,19 @@ class CudaBackend(CompiledBackend):
         array_module = _cupy() if xp is None else xp
         super().__init__("cuda", _kernels())
         self.xp = array_module
+        self.providers = None if array_module is np else _providers()
         self._host = getattr(self.xp, "asnumpy", np.asarray)
+
+    def forward_binding(self):
+        """onnxruntime's CUDA provider writes the activations into GPU memory that CuPy reads in place
+        (the simulator's numpy arrays come from the host)."""
+        return ("cpu" if self.xp is np else "cuda"), self._from_ort
+
+    def _from_ort(self, value: Any) -> Any:
+        """An OrtValue as this backend's array: a view of GPU memory, or a host tensor moved over."""
+        if value.device_name().lower() == "cpu":
+            return self.xp.asarray(value.numpy())
+        return _device_view(self.xp, value)
 
     def asarray(self, x, dtype):
         return self.xp.asarray(x, dtype=dtype)
@@ -115,9 +150,6 @@ class CudaBackend(CompiledBackend):
         """A numpy reference method on host copies of `arrays`; its result back on the device."""
         result = method(*_map(self.to_numpy, list(arrays)), **rest)
         return _map(lambda r: self.asarray(r, dtype), result)
-
-    def derivative(self, layer: Layer, a, relevance):
-        return self._reference(partial(NumpyBackend.derivative, self, layer), relevance.dtype, a, relevance)
 
     def route(self, layer: Layer, relevance, in_shapes):
         if layer.kind in HOST_ROUTES:

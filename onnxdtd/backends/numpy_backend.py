@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import replace
+from types import ModuleType
 from typing import Sequence
 
 import numpy as np
@@ -196,6 +197,7 @@ class NumpyBackend(Backend):
     """The reference implementation of the kernel interface."""
 
     name = "numpy"
+    xp: ModuleType = np  # the module of this backend's arrays, for the constants its code makes
 
     def asarray(self, x, dtype):
         return np.asarray(x, dtype=dtype)
@@ -244,12 +246,13 @@ class NumpyBackend(Backend):
 
     def derivative(self, layer: Layer, a, relevance):
         if layer.kind == "affine":
-            return _scaled(relevance, layer.params["scale"])
+            return _scaled(relevance, layer.params["scale"], self.xp)
         tests, slope = derivative(layer)
-        inside = functools.reduce(np.logical_and, [COMPARE[op](a, np.asarray(v, a.dtype)) for op, v in tests], True)
+        inside = functools.reduce(np.logical_and, [COMPARE[op](a, self.xp.asarray(v, dtype=a.dtype))
+                                                   for op, v in tests], True)
         if not np.any(slope):
             return relevance * inside
-        return np.where(inside, relevance, _scaled(relevance, slope))
+        return np.where(inside, relevance, _scaled(relevance, slope, self.xp))
 
     def unbroadcast(self, x, shape):
         return _unbroadcast(x, shape)
@@ -258,9 +261,9 @@ class NumpyBackend(Backend):
         return ROUTES[layer.kind](layer, relevance, in_shapes)
 
 
-def _scaled(x: np.ndarray, scale) -> np.ndarray:
-    """x times a constant in x's dtype (x itself for a scale of 1)."""
-    return x if np.all(np.asarray(scale) == 1) else x * np.asarray(scale, x.dtype)
+def _scaled(x: np.ndarray, scale, xp: ModuleType = np) -> np.ndarray:
+    """x times a constant in x's dtype, made by x's array module `xp` (x itself for a scale of 1)."""
+    return x if np.all(np.asarray(scale) == 1) else x * xp.asarray(scale, dtype=x.dtype)
 
 
 def _unconcat(layer: Layer, r: np.ndarray, in_shapes) -> list[np.ndarray]:

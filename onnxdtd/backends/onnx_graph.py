@@ -155,10 +155,8 @@ def nonnegative_denominator(layer: Layer, group: Group) -> bool:
     return not group.is_plain and all(sign(t) for t in group.terms)
 
 
-def stabilize(d: Sym, epsilon: float, nonnegative: bool = False) -> Sym:
-    """d + ε·sgn(d) with sgn(0) = +1 (rules.base.stabilize); d + ε where d is known >= 0."""
-    if nonnegative:
-        return d + epsilon
+def stabilize(d: Sym, epsilon: float) -> Sym:
+    """d + ε·sgn(d) with sgn(0) = +1 (rules.base.stabilize)."""
     g = d.g  # three passes over d, which on large tensors is what these ops cost
     nonneg = g.op("GreaterOrEqual", [d, g.scalar(0.0, d.dtype)], d.shape, np.bool_)
     return d + g.op("Where", [nonneg, g.scalar(epsilon, d.dtype), g.scalar(-epsilon, d.dtype)], d.shape, d.dtype)
@@ -394,14 +392,35 @@ def bind_group(layer: Layer, rule: Rule, group: Group, a: Sym, low: Sym | None,
             for t in group.terms if not (t.input == "neg" and layer.nonnegative_input and t.bias is None)]
 
 
-def denominator(op: Any, bound: list[tuple[Sym, np.ndarray, np.ndarray | None, float]]) -> Sym:
-    """Σ_t sign_t · (f(in_t, W_t) + b_t), in term order."""
+BIASED = (_Dense, Conv)  # ops whose forward takes a bias, into which a constant can be folded
+
+
+def denominator(op: Any, bound: list[tuple[Sym, np.ndarray, np.ndarray | None, float]], shift: float = 0.0) -> Sym:
+    """Σ_t sign_t · (f(in_t, W_t) + b_t) + shift, in term order; the shift goes into the first term's
+    bias where the op has one (Conv and Gemm add it for free; a separate Add is one more pass)."""
     total = None
-    for x, w, b, sign in bound:
+    for i, (x, w, b, sign) in enumerate(bound):
+        if i == 0 and shift and isinstance(op, BIASED) and sign == 1:
+            b = _shifted(b, shift, w.shape[0], x.dtype)
+            shift = 0.0
         part = op.forward(x, w, b)
         part = part if sign == 1 else part * float(sign)
         total = part if total is None else total + part
-    return total
+    return total + shift if shift else total
+
+
+def _shifted(b: np.ndarray | None, shift: float, channels: int, dtype: np.dtype) -> np.ndarray:
+    """The bias b + shift (b absent: zero), one value per output channel."""
+    return (np.zeros(channels, dtype) if b is None else b.astype(dtype)) + np.asarray(shift, dtype)
+
+
+def _stabilized(layer: Layer, rule: Rule, group: Group, op: Any, bound: list, z: Sym) -> Sym:
+    """The group's stabilized denominator; a known non-negative one is D + ε with ε in the bias."""
+    if group.is_plain:
+        return stabilize(z, rule.stabilizer)
+    if nonnegative_denominator(layer, group):
+        return denominator(op, bound, shift=rule.stabilizer)
+    return stabilize(denominator(op, bound), rule.stabilizer)
 
 
 class GraphBackend(Backend):
@@ -427,8 +446,7 @@ class GraphBackend(Backend):
                 continue
             s = relevance
             if group.divide:
-                denom = z if group.is_plain else denominator(op, bound)
-                s = relevance / stabilize(denom, rule.stabilizer, nonnegative_denominator(layer, group))
+                s = relevance / _stabilized(layer, rule, group, op, bound, z)
             if group.mask is not None:
                 s = s * _mask(z, group.mask)
             for x, w, _, sign in bound:

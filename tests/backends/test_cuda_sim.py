@@ -179,6 +179,21 @@ class TestSimulated:
         np.testing.assert_allclose(got, ref, rtol=0, atol=(1e-5 if dtype == np.float32 else 1e-12) * np.abs(ref).max())
 
 
+    def test_forward_outputs_come_through_the_binding(self, simulated, monkeypatch):
+        """The forward pass's outputs reach the backend as OrtValues that it converts itself (on a GPU
+        they stay in device memory); every pass of a multi-target call equals the numpy backend's."""
+        converted = []
+        backend = CudaBackend(np)
+        convert = backend._from_ort
+        monkeypatch.setattr(backend, "_from_ort", lambda value: converted.append(value) or convert(value))
+        monkeypatch.setitem(backends.FACTORIES, "cuda", lambda: backend)
+        proto, x = tiny_model(), np.random.default_rng(2).random((2, 2, 5, 5)).astype(np.float32)
+        got, ref = (onnxdtd.Explainer(proto, backend=name).explain(x, target="all").relevance
+                    for name in ("cuda", "numpy"))
+        assert converted and all(value.device_name().lower() == "cpu" for value in converted)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
 # ----------------------------------------------------------------------------------------------------
 # Without the simulator: the child run, PTX, and what works without a GPU.
 
@@ -220,6 +235,43 @@ class TestCompiled:
         """Off the simulator the kernels take device arrays only, with the usual message."""
         with pytest.raises(TypeError, match=r"relevance must be a device array \(__cuda_array_interface__"):
             cuda_kernels.add_split([np.ones(3, np.float32)], np.ones(3, np.float32), 1e-6)
+
+    @pytest.mark.parametrize("array", [np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.arange(5.0),
+                                       np.arange(6, dtype=np.int64).reshape(3, 2), np.zeros((0, 3), np.float32)],
+                             ids=["f32", "f64", "i64", "empty"])
+    def test_device_view_reads_the_ortvalue_in_place(self, array):
+        """_device_view wraps an OrtValue's memory (pointer, size, element type, shape) without a copy
+        and keeps the OrtValue alive; checked on host memory with a CuPy stand-in whose arrays read
+        the pointer they are given."""
+        import ctypes
+        import gc
+        from types import SimpleNamespace
+
+        import onnxruntime as ort
+
+        from onnxdtd.backends.cuda import _device_view
+
+        class Unowned:
+            def __init__(self, ptr, size, owner):
+                self.ptr, self.size, self.owner = ptr, size, owner
+
+        def ndarray(shape, dtype, memptr):
+            mem, offset = memptr
+            buffer = (ctypes.c_char * mem.size).from_address(mem.ptr + offset)
+            view = np.frombuffer(buffer, dtype, count=int(np.prod(shape))).reshape(shape)
+            return SimpleNamespace(data=view, memory=mem)
+
+        stand_in = SimpleNamespace(cuda=SimpleNamespace(UnownedMemory=Unowned, MemoryPointer=lambda m, o: (m, o)),
+                                   ndarray=ndarray, empty=lambda shape, dtype: SimpleNamespace(data=np.empty(shape,
+                                                                                                             dtype)))
+        value = ort.OrtValue.ortvalue_from_numpy(array.copy())
+        view = _device_view(stand_in, value)
+        del value
+        gc.collect()
+        assert view.data.dtype == array.dtype and view.data.shape == array.shape
+        np.testing.assert_array_equal(view.data, array)
+        if array.size:
+            assert view.memory.owner.data_ptr() == view.memory.ptr
 
     def test_without_cupy_cuda_is_left_out_quietly(self, recwarn):
         """Without the gpu extra (no CuPy) `cuda` is neither listed nor warned about; asking for it by

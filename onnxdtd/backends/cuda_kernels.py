@@ -35,7 +35,8 @@ import numpy as np
 from numba import cuda
 from numba.cuda.core.config import ENABLE_CUDASIM
 
-from .numba_kernels import FLOATS, _as4, _fmt, _ints, _quotient_args, _term_inputs, _terms, _Win, _window
+from .numba_kernels import (FLOATS, _as4, _Checks, _conv_args, _dense_args, _fmt, _out_shape, _pool_args,
+                            _split_args, _unpool_args, _Win, _window)
 
 __all__ = ["conv_group", "dense_group", "maxpool_winner", "maxpool_proportional", "sumpool", "unpool",
            "add_split"]
@@ -90,16 +91,18 @@ def _dtype(fn: str, name: str, a) -> np.dtype:
     return desc.dtype
 
 
-def _check(fn: str, name: str, a, dtype: np.dtype, shape: Sequence[int | None], writable: bool = False) -> _Desc:
-    """`a` must be a C-contiguous `dtype` array of `shape` (None matches any size); returns its description."""
+def _check(fn: str, name: str, a, dtype: np.dtype, shape: Sequence[int | None] | None,
+           writable: bool = False) -> _Desc:
+    """`a` must be a C-contiguous `dtype` array of `shape` (None matches any size; shape None any shape);
+    returns its description."""
     desc = _describe(a)
     if desc is None:
         raise TypeError(f"{fn}: {name} must be {KIND} of dtype {dtype}, got {type(a).__name__}")
     if desc.dtype != dtype:
         raise TypeError(f"{fn}: {name} must have dtype {dtype} (the call's dtype), got {desc.dtype}")
-    if len(desc.shape) != len(shape):
+    if shape is not None and len(desc.shape) != len(shape):
         raise ValueError(f"{fn}: {name} must have rank {len(shape)}, shape {_fmt(shape)}, got shape {desc.shape}")
-    if any(e is not None and e != g for e, g in zip(shape, desc.shape)):
+    if shape is not None and any(e is not None and e != g for e, g in zip(shape, desc.shape)):
         raise ValueError(f"{fn}: {name} must have shape {_fmt(shape)}, got {desc.shape}")
     if not desc.contiguous:
         raise ValueError(f"{fn}: {name} must be C-contiguous, got a strided view of shape {desc.shape}")
@@ -115,6 +118,9 @@ def _spatial_rank(fn: str, name: str, a) -> int:
         got = type(a).__name__ if desc is None else desc.shape
         raise ValueError(f"{fn}: {name} must have rank 3 or 4 (N, C, *spatial with 1 or 2 spatial axes), got {got}")
     return len(desc.shape) - 2
+
+
+DEVICE = _Checks(_dtype, _check, _spatial_rank)  # numba_kernels' argument checks, on device arrays
 
 
 def _empty(like, shape: tuple[int, ...], dtype) -> Any:
@@ -354,19 +360,8 @@ def _winner(idx, rel, kh, kw, sh, sw, dh, dw, pt, pl, out):
 def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, strides, dilations, pads,
                group, out) -> None:
     """One group of a rule through a convolution; accumulates into `out` (docs/kernels.md)."""
-    fn = "conv_group"
-    dtype = _dtype(fn, "relevance", relevance)
-    count = _terms(fn, xs, ws, bs, signs)
-    sd = _spatial_rank(fn, "out", out)
-    n, c, *size = _check(fn, "out", out, dtype, (None,) * (sd + 2), writable=True).shape
-    group = _ints(fn, "group", [group], 1, 1)[0]
-    cout, _, *kernel = _check(fn, "ws[0]", ws[0], dtype, (None,) * (sd + 2)).shape
-    if c % group or cout % group:
-        raise ValueError(f"{fn}: group {group} must divide the input channels {c} and output channels {cout}")
-    win = _window(fn, size, kernel, strides, dilations, pads)
-    _term_inputs(fn, xs, ws, bs, count, dtype, n, (n, c, *size), (cout, c // group, *kernel), (cout,), _check)
-    _check(fn, "relevance", relevance, dtype, (n, cout, *((win.ow,) if sd == 1 else (win.oh, win.ow))))
-    denom, z, mask = _quotient_args(fn, _describe(relevance).shape, denom, z, mask, dtype, _check)
+    dtype, _, win, _, denom, z, mask = _conv_args(DEVICE, xs, ws, bs, signs, relevance, denom, z, mask, strides,
+                                                  dilations, pads, group, out)
     _group(win, dtype, [(_as4v(x), _as4v(w), b, float(sg)) for x, w, b, sg in zip(xs, ws, bs, signs)],
            relevance, denom, z, mask, float(coeff), stabilizer, _as4v(out))
 
@@ -374,15 +369,8 @@ def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, 
 def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, out) -> None:
     """One group of a rule through a dense layer y = x Wᵀ + b, run as a 1x1 conv over 1x1 images;
     accumulates into `out` (docs/kernels.md)."""
-    fn = "dense_group"
-    dtype = _dtype(fn, "relevance", relevance)
-    count = _terms(fn, xs, ws, bs, signs)
-    m, k = _check(fn, "out", out, dtype, (None, None), writable=True).shape
-    j = _check(fn, "ws[0]", ws[0], dtype, (None, k)).shape[0]
-    _term_inputs(fn, xs, ws, bs, count, dtype, m, (m, k), (j, k), (j,), _check)
-    _check(fn, "relevance", relevance, dtype, (m, j))
-    denom, z, mask = _quotient_args(fn, _describe(relevance).shape, denom, z, mask, dtype, _check)
-    win = _window(fn, (1, 1), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
+    dtype, (m, k, j), denom, z, mask = _dense_args(DEVICE, xs, ws, bs, signs, relevance, denom, z, mask, out)
+    win = _window("dense_group", (1, 1), (1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
     terms = [(_view(x, (_describe(x).shape[0], k, 1, 1)), _view(w, (j, k, 1, 1)), b, float(sg))
              for x, w, b, sg in zip(xs, ws, bs, signs)]
     _group(win, dtype, terms, relevance, denom, z, mask, float(coeff), stabilizer, _view(out, (m, k, 1, 1)))
@@ -436,22 +424,10 @@ def _bias_sum(like, dtype: np.dtype, terms):
 # ----------------------------------------------------------------------------------------------------
 # Pooling and sums.
 
-def _pool_args(fn: str, name: str, a, kernel, strides, dilations, pads):
-    """dtype, window and shape of a pooling input."""
-    dtype = _dtype(fn, name, a)
-    _spatial_rank(fn, name, a)
-    shape = _check(fn, name, a, dtype, (None,) * len(_describe(a).shape)).shape
-    return dtype, _window(fn, shape[2:], kernel, strides, dilations, pads), shape
-
-
-def _out_shape(shape: tuple[int, ...], win: _Win) -> tuple[int, ...]:
-    return (*shape[:2], *((win.ow,) if len(shape) == 3 else (win.oh, win.ow)))
-
-
 def maxpool_winner(a, relevance, kernel, strides, dilations, pads):
     """Max pooling's winner-take-all: each output's relevance to the first maximum of its window."""
     fn = "maxpool_winner"
-    dtype, win, shape = _pool_args(fn, "a", a, kernel, strides, dilations, pads)
+    dtype, win, shape = _pool_args(fn, "a", a, kernel, strides, dilations, pads, DEVICE)
     _check(fn, "relevance", relevance, dtype, _out_shape(shape, win))
     idx = _as4v(_empty(a, _out_shape(shape, win), np.int32))
     _launch(_argmax, _as4v(a), *win.args, idx)
@@ -463,7 +439,7 @@ def maxpool_winner(a, relevance, kernel, strides, dilations, pads):
 def maxpool_proportional(a, relevance, kernel, strides, dilations, pads, stabilizer):
     """Max pooling's proportional (z-rule) pass: a ⊙ unpool(relevance / stab(sumpool(a)))."""
     fn = "maxpool_proportional"
-    dtype, win, shape = _pool_args(fn, "a", a, kernel, strides, dilations, pads)
+    dtype, win, shape = _pool_args(fn, "a", a, kernel, strides, dilations, pads, DEVICE)
     _check(fn, "relevance", relevance, dtype, _out_shape(shape, win))
     q = _as4v(_empty(a, _out_shape(shape, win), dtype))
     a4 = _as4v(a)
@@ -477,7 +453,7 @@ def maxpool_proportional(a, relevance, kernel, strides, dilations, pads, stabili
 
 def sumpool(x, kernel, strides, dilations, pads):
     """Window sums with zero padding: (N, C, *O)."""
-    dtype, win, shape = _pool_args("sumpool", "x", x, kernel, strides, dilations, pads)
+    dtype, win, shape = _pool_args("sumpool", "x", x, kernel, strides, dilations, pads, DEVICE)
     out = _empty(x, _out_shape(shape, win), dtype)
     _launch(_sumpool, _as4v(x), *win.args, _as4v(out))
     return out
@@ -485,12 +461,7 @@ def sumpool(x, kernel, strides, dilations, pads):
 
 def unpool(s, kernel, strides, dilations, pads, in_size):
     """The transpose of sumpool for an input of spatial size `in_size`: (N, C, *in_size)."""
-    fn = "unpool"
-    dtype = _dtype(fn, "s", s)
-    sd = _spatial_rank(fn, "s", s)
-    in_size = _ints(fn, "in_size", in_size, sd, 1)
-    win = _window(fn, in_size, kernel, strides, dilations, pads)
-    shape = _check(fn, "s", s, dtype, (None, None, *((win.ow,) if sd == 1 else (win.oh, win.ow)))).shape
+    dtype, in_size, win, shape = _unpool_args(s, kernel, strides, dilations, pads, in_size, DEVICE)
     out = _empty(s, (*shape[:2], *in_size), dtype)
     out4 = _as4v(out)
     _launch(_unpool, _as4v(s), out4, False, *win.args, out4)  # out4 also stands in for the absent x
@@ -499,13 +470,7 @@ def unpool(s, kernel, strides, dilations, pads, in_size):
 
 def add_split(inputs, relevance, stabilizer) -> list:
     """R_k = x_k ⊙ relevance / stab(Σ_k x_k) for inputs of the relevance's shape."""
-    fn = "add_split"
-    dtype = _dtype(fn, "relevance", relevance)
-    shape = _check(fn, "relevance", relevance, dtype, (None,) * len(_describe(relevance).shape)).shape
-    if not isinstance(inputs, (list, tuple)) or not inputs:
-        raise ValueError(f"{fn}: inputs must be a non-empty list of arrays, got {inputs!r:.80}")
-    for i, x in enumerate(inputs):
-        _check(fn, f"inputs[{i}]", x, dtype, shape)
+    dtype, shape = _split_args(inputs, relevance, DEVICE)
     flat = [_flat(x) for x in inputs]
     total = _flat(_empty(relevance, shape, dtype))
     for i, x in enumerate(flat):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import operator
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import scipy_openblas32
@@ -118,15 +118,16 @@ def _dtype(fn: str, name: str, a) -> np.dtype:
     return a.dtype
 
 
-def _check(fn: str, name: str, a, dtype: np.dtype, shape: Sequence[int | None], writable: bool = False):
-    """`a` must be a C-contiguous `dtype` array of `shape` (None matches any size); returns it."""
+def _check(fn: str, name: str, a, dtype: np.dtype, shape: Sequence[int | None] | None, writable: bool = False):
+    """`a` must be a C-contiguous `dtype` array of `shape` (None matches any size; shape None any shape);
+    returns it."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy array of dtype {dtype}, got {type(a).__name__}")
     if a.dtype != dtype:
         raise TypeError(f"{fn}: {name} must have dtype {dtype} (the call's dtype), got {a.dtype}")
-    if a.ndim != len(shape):
+    if shape is not None and a.ndim != len(shape):
         raise ValueError(f"{fn}: {name} must have rank {len(shape)}, shape {_fmt(shape)}, got shape {a.shape}")
-    if any(e is not None and e != g for e, g in zip(shape, a.shape)):
+    if shape is not None and any(e is not None and e != g for e, g in zip(shape, a.shape)):
         raise ValueError(f"{fn}: {name} must have shape {_fmt(shape)}, got {a.shape}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{fn}: {name} must be C-contiguous, got strides {a.strides} for shape {a.shape}")
@@ -151,6 +152,19 @@ def _spatial_rank(fn: str, name: str, a) -> int:
         got = a.shape if isinstance(a, np.ndarray) else type(a).__name__
         raise ValueError(f"{fn}: {name} must have rank 3 or 4 (N, C, *spatial with 1 or 2 spatial axes), got {got}")
     return a.ndim - 2
+
+
+class _Checks(NamedTuple):
+    """One kernel module's array checks (here numpy arrays; cuda_kernels' read the CUDA array
+    interface), which the argument checks of every entry point below are written over. `array`
+    returns something with the array's shape."""
+
+    dtype: Callable[[str, str, Any], np.dtype]
+    array: Callable[..., Any]
+    spatial_rank: Callable[[str, str, Any], int]
+
+
+HOST = _Checks(_dtype, _check, _spatial_rank)
 
 
 class _Win(NamedTuple):
@@ -584,9 +598,9 @@ def _terms(fn: str, xs, ws, bs, signs) -> int:
     return count
 
 
-def _quotient_args(fn: str, shape: tuple, denom, z, mask, dtype, check=_check):
-    """Checks denom, z and mask against the relevance's `shape`; returns (denom or None, z or None, mask).
-    `check` checks one array (the cuda kernels pass theirs, which read the array interface)."""
+def _quotient_args(fn: str, shape: tuple, denom, z, mask, dtype, check: Callable):
+    """Checks denom, z and mask against the relevance's `shape` with `check` (a _Checks.array);
+    returns (denom or None, z or None, mask)."""
     if mask not in (0, 1, -1):
         raise ValueError(f"{fn}: mask must be 0, 1 or -1, got {mask!r}")
     if denom is not None:
@@ -597,8 +611,8 @@ def _quotient_args(fn: str, shape: tuple, denom, z, mask, dtype, check=_check):
 
 
 def _term_inputs(fn: str, xs, ws, bs, count: int, dtype, n: int, x_shape: tuple, w_shape: tuple, b_shape: tuple,
-                 check=_check) -> None:
-    """Checks every term's input (of x_shape, or with a leading 1), weight and bias."""
+                 check: Callable) -> None:
+    """Checks every term's input (of x_shape, or with a leading 1), weight and bias with `check`."""
     for t in range(count):
         check(fn, f"ws[{t}]", ws[t], dtype, w_shape)
         got = check(fn, f"xs[{t}]", xs[t], dtype, (None, *x_shape[1:])).shape
@@ -619,25 +633,46 @@ def _bias_sum(terms, dtype) -> np.ndarray | None:
     return total
 
 
-def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, strides, dilations, pads,
-               group, out) -> None:
-    """One group of a rule through a convolution; accumulates into `out` (docs/kernels.md)."""
+def _conv_args(checks: _Checks, xs, ws, bs, signs, relevance, denom, z, mask, strides, dilations, pads, group,
+               out):
+    """conv_group's arguments checked: (dtype, group, window, (n, c, cout), denom, z, mask)."""
     fn = "conv_group"
-    dtype = _dtype(fn, "relevance", relevance)
+    dtype = checks.dtype(fn, "relevance", relevance)
     count = _terms(fn, xs, ws, bs, signs)
-    sd = _spatial_rank(fn, "out", out)
-    _check(fn, "out", out, dtype, out.shape, writable=True)
-    n, c, size = out.shape[0], out.shape[1], out.shape[2:]
+    sd = checks.spatial_rank(fn, "out", out)
+    n, c, *size = checks.array(fn, "out", out, dtype, (None,) * (sd + 2), writable=True).shape
     group = _ints(fn, "group", [group], 1, 1)[0]
-    _check(fn, "ws[0]", ws[0], dtype, (None, None, *(None,) * sd))
-    cout, kernel = ws[0].shape[0], ws[0].shape[2:]
+    cout, _, *kernel = checks.array(fn, "ws[0]", ws[0], dtype, (None,) * (sd + 2)).shape
     if c % group or cout % group:
         raise ValueError(f"{fn}: group {group} must divide the input channels {c} and output channels {cout}")
     win = _window(fn, size, kernel, strides, dilations, pads)
-    _term_inputs(fn, xs, ws, bs, count, dtype, n, (n, c, *size), (cout, c // group, *kernel), (cout,))
-    out_size = (win.ow,) if sd == 1 else (win.oh, win.ow)
-    _check(fn, "relevance", relevance, dtype, (n, cout, *out_size))
-    denom, z, mask = _quotient_args(fn, relevance.shape, denom, z, mask, dtype)
+    _term_inputs(fn, xs, ws, bs, count, dtype, n, (n, c, *size), (cout, c // group, *kernel), (cout,), checks.array)
+    shape = checks.array(fn, "relevance", relevance, dtype, (n, cout, *_spatial_out(sd, win))).shape
+    return dtype, group, win, (n, c, cout), *_quotient_args(fn, shape, denom, z, mask, dtype, checks.array)
+
+
+def _dense_args(checks: _Checks, xs, ws, bs, signs, relevance, denom, z, mask, out):
+    """dense_group's arguments checked: (dtype, (m, k, j), denom, z, mask)."""
+    fn = "dense_group"
+    dtype = checks.dtype(fn, "relevance", relevance)
+    count = _terms(fn, xs, ws, bs, signs)
+    m, k = checks.array(fn, "out", out, dtype, (None, None), writable=True).shape
+    j = checks.array(fn, "ws[0]", ws[0], dtype, (None, k)).shape[0]
+    _term_inputs(fn, xs, ws, bs, count, dtype, m, (m, k), (j, k), (j,), checks.array)
+    shape = checks.array(fn, "relevance", relevance, dtype, (m, j)).shape
+    return dtype, (m, k, j), *_quotient_args(fn, shape, denom, z, mask, dtype, checks.array)
+
+
+def _spatial_out(sd: int, win: _Win) -> tuple[int, ...]:
+    """The output's spatial size of a window over `sd` spatial axes."""
+    return (win.ow,) if sd == 1 else (win.oh, win.ow)
+
+
+def conv_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, strides, dilations, pads,
+               group, out) -> None:
+    """One group of a rule through a convolution; accumulates into `out` (docs/kernels.md)."""
+    dtype, group, win, (n, c, cout), denom, z, mask = _conv_args(HOST, xs, ws, bs, signs, relevance, denom, z, mask,
+                                                                 strides, dilations, pads, group, out)
     terms = [(_as4(x), _as4(w), b, float(sign)) for x, w, b, sign in zip(xs, ws, bs, signs)]
     _ConvPass(win, group, n, c, cout, dtype, terms).run(
         relevance, denom, z, mask, float(coeff), dtype.type(stabilizer), _as4(out))
@@ -762,16 +797,7 @@ class _ConvPass:
 
 def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer, out) -> None:
     """One group of a rule through a dense layer y = x Wᵀ + b; accumulates into `out` (docs/kernels.md)."""
-    fn = "dense_group"
-    dtype = _dtype(fn, "relevance", relevance)
-    count = _terms(fn, xs, ws, bs, signs)
-    _check(fn, "out", out, dtype, (None, None), writable=True)
-    m, k = out.shape
-    _check(fn, "ws[0]", ws[0], dtype, (None, k))
-    j = ws[0].shape[0]
-    _term_inputs(fn, xs, ws, bs, count, dtype, m, (m, k), (j, k), (j,))
-    _check(fn, "relevance", relevance, dtype, (m, j))
-    denom, z, mask = _quotient_args(fn, relevance.shape, denom, z, mask, dtype)
+    dtype, (m, k, j), denom, z, mask = _dense_args(HOST, xs, ws, bs, signs, relevance, denom, z, mask, out)
     terms = list(zip(xs, ws, bs, (float(s) for s in signs)))
     bias = None
     if denom is None:
@@ -794,23 +820,47 @@ def dense_group(xs, ws, bs, signs, relevance, denom, z, mask, coeff, stabilizer,
 # ----------------------------------------------------------------------------------------------------
 # Pooling and sums.
 
-def _pool_args(fn: str, name: str, a, kernel, strides, dilations, pads):
-    """dtype, window and the rank-4 view of a pooling input."""
-    dtype = _dtype(fn, name, a)
-    _spatial_rank(fn, name, a)
-    _check(fn, name, a, dtype, a.shape)
-    return dtype, _window(fn, a.shape[2:], kernel, strides, dilations, pads), _as4(a)
+def _pool_args(fn: str, name: str, a, kernel, strides, dilations, pads, checks: _Checks = HOST):
+    """dtype, window and shape of a pooling input."""
+    dtype = checks.dtype(fn, name, a)
+    sd = checks.spatial_rank(fn, name, a)
+    shape = checks.array(fn, name, a, dtype, (None,) * (sd + 2)).shape
+    return dtype, _window(fn, shape[2:], kernel, strides, dilations, pads), shape
 
 
-def _out_shape(a: np.ndarray, win: _Win) -> tuple[int, ...]:
-    return (*a.shape[:2], *((win.ow,) if a.ndim == 3 else (win.oh, win.ow)))
+def _out_shape(shape: tuple[int, ...], win: _Win) -> tuple[int, ...]:
+    """The pooled shape of an input of `shape`."""
+    return (*shape[:2], *_spatial_out(len(shape) - 2, win))
+
+
+def _unpool_args(s, kernel, strides, dilations, pads, in_size, checks: _Checks = HOST):
+    """unpool's arguments checked: (dtype, in_size, window, shape of s)."""
+    fn = "unpool"
+    dtype = checks.dtype(fn, "s", s)
+    sd = checks.spatial_rank(fn, "s", s)
+    in_size = _ints(fn, "in_size", in_size, sd, 1)
+    win = _window(fn, in_size, kernel, strides, dilations, pads)
+    return dtype, in_size, win, checks.array(fn, "s", s, dtype, (None, None, *_spatial_out(sd, win))).shape
+
+
+def _split_args(inputs, relevance, checks: _Checks = HOST):
+    """add_split's arguments checked: (dtype, the relevance's shape)."""
+    fn = "add_split"
+    dtype = checks.dtype(fn, "relevance", relevance)
+    shape = checks.array(fn, "relevance", relevance, dtype, None).shape
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise ValueError(f"{fn}: inputs must be a non-empty list of arrays, got {inputs!r:.80}")
+    for i, x in enumerate(inputs):
+        checks.array(fn, f"inputs[{i}]", x, dtype, shape)
+    return dtype, shape
 
 
 def maxpool_winner(a, relevance, kernel, strides, dilations, pads) -> np.ndarray:
     """Max pooling's winner-take-all: each output's relevance to the first maximum of its window."""
     fn = "maxpool_winner"
-    dtype, win, a4 = _pool_args(fn, "a", a, kernel, strides, dilations, pads)
-    _check(fn, "relevance", relevance, dtype, _out_shape(a, win))
+    dtype, win, shape = _pool_args(fn, "a", a, kernel, strides, dilations, pads)
+    _check(fn, "relevance", relevance, dtype, _out_shape(shape, win))
+    a4 = _as4(a)
     out = np.empty(a.shape, dtype)
     _maxpool_winner(a4, _as4(relevance), *win.args, _as4(out))
     return out
@@ -819,8 +869,9 @@ def maxpool_winner(a, relevance, kernel, strides, dilations, pads) -> np.ndarray
 def maxpool_proportional(a, relevance, kernel, strides, dilations, pads, stabilizer) -> np.ndarray:
     """Max pooling's proportional (z-rule) pass: a ⊙ unpool(relevance / stab(sumpool(a)))."""
     fn = "maxpool_proportional"
-    dtype, win, a4 = _pool_args(fn, "a", a, kernel, strides, dilations, pads)
-    _check(fn, "relevance", relevance, dtype, _out_shape(a, win))
+    dtype, win, shape = _pool_args(fn, "a", a, kernel, strides, dilations, pads)
+    _check(fn, "relevance", relevance, dtype, _out_shape(shape, win))
+    a4 = _as4(a)
     out = np.empty(a.shape, dtype)
     _maxpool_proportional(a4, _as4(relevance), *win.args, dtype.type(stabilizer), _as4(out))
     return out
@@ -828,40 +879,29 @@ def maxpool_proportional(a, relevance, kernel, strides, dilations, pads, stabili
 
 def sumpool(x, kernel, strides, dilations, pads) -> np.ndarray:
     """Window sums with zero padding: (N, C, *O)."""
-    dtype, win, x4 = _pool_args("sumpool", "x", x, kernel, strides, dilations, pads)
-    out = np.empty(_out_shape(x, win), dtype)
-    _sumpool(x4, *win.args, _as4(out))
+    dtype, win, shape = _pool_args("sumpool", "x", x, kernel, strides, dilations, pads)
+    out = np.empty(_out_shape(shape, win), dtype)
+    _sumpool(_as4(x), *win.args, _as4(out))
     return out
 
 
 def unpool(s, kernel, strides, dilations, pads, in_size) -> np.ndarray:
     """The transpose of sumpool for an input of spatial size `in_size`: (N, C, *in_size)."""
-    fn = "unpool"
-    dtype = _dtype(fn, "s", s)
-    sd = _spatial_rank(fn, "s", s)
-    in_size = _ints(fn, "in_size", in_size, sd, 1)
-    win = _window(fn, in_size, kernel, strides, dilations, pads)
-    _check(fn, "s", s, dtype, (None, None, *((win.ow,) if sd == 1 else (win.oh, win.ow))))
-    out = np.empty((*s.shape[:2], *in_size), dtype)
+    dtype, in_size, win, shape = _unpool_args(s, kernel, strides, dilations, pads, in_size)
+    out = np.empty((*shape[:2], *in_size), dtype)
     _unpool(_as4(s), *win.args, _as4(out))
     return out
 
 
 def add_split(inputs, relevance, stabilizer) -> list[np.ndarray]:
     """R_k = x_k ⊙ relevance / stab(Σ_k x_k) for inputs of the relevance's shape."""
-    fn = "add_split"
-    dtype = _dtype(fn, "relevance", relevance)
-    _check(fn, "relevance", relevance, dtype, relevance.shape)
-    if not isinstance(inputs, (list, tuple)) or not inputs:
-        raise ValueError(f"{fn}: inputs must be a non-empty list of arrays, got {inputs!r:.80}")
-    for i, x in enumerate(inputs):
-        _check(fn, f"inputs[{i}]", x, dtype, relevance.shape)
+    dtype, shape = _split_args(inputs, relevance)
     flat = [x.reshape(-1) for x in inputs]
     total = flat[0].copy()
     for x in flat[1:]:
         _add_into(total, x)
     _quotient_into(relevance.reshape(-1), total, dtype.type(stabilizer))
-    results = [np.empty(relevance.shape, dtype) for _ in inputs]
+    results = [np.empty(shape, dtype) for _ in inputs]
     for x, r in zip(flat, results):
         _product(x, total, r.reshape(-1))
     return results
